@@ -1,0 +1,21 @@
+"""napari-n2x: self-supervised denoising (Noise2Void/N2V2, Noise2Noise, AP-BSN) for napari, the CLI and notebooks.
+
+The public API is Qt-free::
+
+    import n2x
+    model = n2x.train(noisy, axes="YX", method="n2v", time="60s")
+    clean = n2x.denoise(model, noisy)
+    model.save("model.n2x"); model = n2x.load_model("model.n2x")
+"""
+from ._version import __version__
+from .api import denoise, load_model, train, train_iter
+from .errors import (AxesError, InputError, ModelFileError, ModelMismatchError, N2xError, OutputExistsError,
+                      TrainingError)
+from .model import Model
+from .training import TrainProgress
+
+__all__ = [
+    "__version__", "train", "train_iter", "denoise", "load_model", "Model", "TrainProgress",
+    "N2xError", "InputError", "AxesError", "ModelFileError", "ModelMismatchError", "TrainingError",
+    "OutputExistsError",
+]

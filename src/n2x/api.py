@@ -1,0 +1,213 @@
+"""The one place that wires data, methods, training and inference. Widgets, CLI and notebooks call these functions."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time as _time
+from datetime import datetime, timezone
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+import torch
+
+from ._version import __version__
+from .data.axes import Layout, check_dtype, make_layout
+from .data.patches import PatchSampler
+from .device import select_device
+from .durations import parse_duration
+from .errors import InputError, N2xError
+from .methods import get_method
+from .model import Model
+from .training import TrainProgress, fit
+
+DEFAULT_SECONDS = 180.0
+DEFAULT_PATCH = {2: (64, 64), 3: (16, 64, 64)}
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device | None = "auto") -> Model:
+    """Load a model file (``.n2x``) onto ``device``."""
+    return Model.load(path, device=device)
+
+
+def denoise(model: Model | str | os.PathLike, array: Any, axes: str | None = None, *,
+            tile: Sequence[int] | int | None = None, batch_size: int | None = None,
+            device: str | torch.device | None = None, progress: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    """Denoise an array that fits in memory with ``model`` (a :class:`Model` or a model file path).
+
+    ``axes`` names the array's dimensions (default: the model's training axes when the number of dimensions
+    matches). Returns float32 in the input's intensity units, same shape and axes. For volumes larger than memory
+    use :func:`n2x.denoise_volume`.
+    """
+    if not isinstance(model, Model):
+        model = load_model(model, device=device or "auto")
+    elif device is not None:
+        model.to(device)
+    return model.predict(array, axes, tile=tile, batch_size=batch_size, progress=progress, should_stop=should_stop)
+
+
+def _as_list(images: Any) -> list:
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]
+
+
+def _default_patch(layouts: list[Layout], multiple: int) -> tuple[int, ...]:
+    nd = layouts[0].ndim_spatial
+    smallest = [min(lay.spatial_shape[d] for lay in layouts) for d in range(nd)]
+    patch = []
+    for want, have in zip(DEFAULT_PATCH[nd], smallest):
+        p = min(want, (have // multiple) * multiple)
+        if p < multiple:
+            raise InputError(f"the image (spatial shape {tuple(smallest)}) is too small to train on: each spatial "
+                             f"axis needs at least {multiple} pixels")
+        patch.append(p)
+    return tuple(patch)
+
+
+def _data_hash(images: list, layouts: list[Layout]) -> str:
+    """A cheap fingerprint of the training data: shapes, dtypes and a few sampled planes."""
+    h = hashlib.sha256()
+    for img, lay in zip(images, layouts):
+        h.update(repr((lay.shape, lay.axes, str(np.dtype(img.dtype)))).encode())
+        for s in sorted({0, lay.n_samples // 2, lay.n_samples - 1}):
+            region = tuple(slice(0, min(n, 256)) for n in lay.spatial_shape)
+            h.update(np.ascontiguousarray(lay.read(img, s, region)).tobytes())
+    return h.hexdigest()
+
+
+def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
+               time: str | float | None = None, steps: int | None = None, epochs: float | None = None,
+               patch_size: Sequence[int] | int | None = None, batch_size: int = 16,
+               learning_rate: float = 2e-3, network: dict | None = None, channels: str = "independent",
+               dims: int | None = None, normalization: str = "meanstd", val_fraction: float = 0.1,
+               max_memory: float = 2e9, device: str | torch.device | None = "auto", seed: int | None = None,
+               should_stop: Callable[[], bool] | None = None,
+               preview: np.ndarray | Callable[[], np.ndarray | None] | None = None, preview_every: float = 2.0,
+               target: Any = None, pairs: str | None = None, along: str | None = None,
+               **method_options: Any) -> Generator[TrainProgress, None, Model]:
+    """Check the data and options, then return a generator that trains, yielding :class:`TrainProgress`; the
+    generator's return value is the :class:`Model`. Bad data or options raise here, before any step runs.
+
+    ``images``: one array or a list of arrays (numpy, dask, zarr: read lazily, at most ``max_memory`` bytes of
+    patches in memory) with axes ``axes`` (``S T C Z Y X``). ``method``: ``n2v``, ``n2v2``, ``n2n`` or ``apbsn``;
+    method options (e.g. ``mask_fraction``, ``replacement`` for N2V) go in ``method_options``. Length: one of
+    ``time`` (seconds or text like ``"3m"``), ``steps`` or ``epochs`` (passes over the training pixels); default
+    180 s. ``channels``: ``"independent"`` (one network applied per channel) or ``"joint"``. ``dims``: 2 or 3
+    (default 3 when there is a Z axis). ``preview``: a raw region ``(C, *spatial)`` (or a function returning the
+    current one) denoised every ``preview_every`` seconds into ``TrainProgress.preview``. ``should_stop`` is
+    polled between steps; the best model so far is returned.
+    """
+    if sum(x is not None for x in (time, steps, epochs)) > 1:
+        raise N2xError("give only one of time, steps and epochs")
+    if channels not in ("independent", "joint"):
+        raise N2xError(f"channels must be 'independent' or 'joint', not {channels!r}")
+    images = _as_list(images)
+    if not images:
+        raise InputError("no training images were given")
+    layouts = []
+    for i, img in enumerate(images):
+        if not hasattr(img, "shape") or not hasattr(img, "dtype"):
+            img = images[i] = np.asarray(img)
+        check_dtype(img.dtype)
+        layouts.append(make_layout(img.shape, axes, dims))
+    n_ch = layouts[0].n_channels
+    if any(lay.n_channels != n_ch for lay in layouts):
+        raise InputError("all training images must have the same number of channels")
+    try:
+        meth = get_method(method, **method_options)
+    except (TypeError, ValueError) as exc:
+        raise N2xError(f"invalid option for method {method!r}: {exc}") from None
+    ndim = layouts[0].ndim_spatial
+    net_channels = 1 if channels == "independent" else n_ch
+    net_cfg = meth.network_config(ndim, net_channels, network)
+    if seed is not None:
+        torch.manual_seed(seed)
+    net = meth.build_network(net_cfg)
+    multiple = meth.multiple(net)
+    if patch_size is None:
+        patch = _default_patch(layouts, multiple)
+    else:
+        patch = (int(patch_size),) * ndim if isinstance(patch_size, (int, np.integer)) else tuple(map(int, patch_size))
+        if len(patch) != ndim:
+            raise InputError(f"patch size {patch} needs one value per spatial axis ({layouts[0].spatial})")
+        bad = [p for p in patch if p % multiple or p <= 0]
+        if bad:
+            raise InputError(f"patch sizes must be positive multiples of {multiple} for this network, not {patch}")
+    sources = meth.make_sources(images, layouts, target=target, pairs=pairs, along=along)
+    sampler = PatchSampler(sources, patch, max_memory=max_memory, val_fraction=val_fraction,
+                           normalization=normalization, seed=seed)
+    dev = select_device(device)
+    if steps is None and time is None and epochs is None:
+        time = DEFAULT_SECONDS
+    if epochs is not None:
+        if epochs <= 0:
+            raise N2xError("epochs must be positive")
+        steps = max(1, int(round(epochs * sampler.patches_per_epoch() / batch_size)))
+    if steps is not None and int(steps) <= 0:
+        raise N2xError("steps must be positive")
+    seconds = parse_duration(time) if time is not None else None
+    norm = sampler.norm
+
+    def run_preview(live_net: torch.nn.Module) -> np.ndarray | None:
+        region = preview() if callable(preview) else preview
+        if region is None:
+            return None
+        region = np.asarray(region, np.float32)
+        if region.ndim == ndim:
+            region = region[None]
+        tmp = Model(meth, live_net, {**config, "normalization": norm.to_dict()})
+        tmp._device = dev
+        from .inference.tiling import default_tile, predict_image
+        normed = norm.apply(region, channel_axis=0)
+        core = default_tile(region.shape[1:], tmp.multiple, tmp.halo)
+        out = predict_image(tmp.predict_tiles, normed, core, tmp.halo, tmp.multiple, batch_size=4)
+        return norm.invert(out, channel_axis=0)
+
+    config: dict[str, Any] = {
+        "method": meth.to_config(),
+        "network": net_cfg,
+        "axes": layouts[0].axes,
+        "spatial": layouts[0].spatial,
+        "channels": channels,
+        "n_channels": n_ch,
+        "patch_shape": list(patch),
+        "normalization": norm.to_dict(),
+        "package_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "training": {
+            "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed, "device": str(dev),
+            "steps": steps, "seconds": seconds, "data_hash": _data_hash(images, layouts),
+            "data_shapes": [list(lay.shape) for lay in layouts], "val_independent": sampler.val_independent,
+        },
+    }
+    steps_gen = fit(meth, net, sampler, device=dev, steps=steps, seconds=seconds, batch_size=batch_size,
+                    lr=learning_rate, seed=seed, should_stop=should_stop,
+                    preview=run_preview if preview is not None else None, preview_every=preview_every,
+                    fold_channels=channels == "independent")
+    return _finish(steps_gen, meth, config, dev)
+
+
+def _finish(steps_gen: Generator, meth: Any, config: dict, dev: torch.device) -> Generator[TrainProgress, None, Model]:
+    trained, history = yield from steps_gen
+    config["training"]["steps_done"] = history["steps"]
+    config["training"]["train_seconds"] = history["train_seconds"]
+    model = Model(meth, trained, config, history)
+    model.to(dev)
+    return model
+
+
+def train(images: Any, axes: str | None = None, method: str = "n2v", *,
+          callback: Callable[[TrainProgress], None] | None = None, **kwargs: Any) -> Model:
+    """Train a denoiser and return the :class:`Model`; ``callback`` receives each :class:`TrainProgress`.
+
+    Takes the same arguments as :func:`train_iter`.
+    """
+    gen = train_iter(images, axes, method, **kwargs)
+    while True:
+        try:
+            progress = next(gen)
+        except StopIteration as done:
+            return done.value
+        if callback is not None:
+            callback(progress)

@@ -1,0 +1,272 @@
+"""The ``n2x`` command: train, denoise, probe, demo, info.
+
+A thin front door over :mod:`n2x.api`: it parses arguments, opens files, shows progress with tqdm and turns every
+:class:`~n2x.errors.N2xError` into one line on stderr with a non-zero exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ._version import __version__
+from .errors import N2xError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="n2v", help="n2v, n2v2, n2n or apbsn (default n2v)")
+    p.add_argument("--axes", help="axes of the image, e.g. YX, ZYX, TYX, CYX (default: from the file)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--time", help="training time, e.g. 90s, 3m, 1h (default 3m)")
+    length.add_argument("--steps", type=int, help="number of training steps")
+    length.add_argument("--epochs", type=float, help="passes over the training pixels")
+    p.add_argument("--patch", type=int, nargs="+", help="patch size, one value or one per spatial axis")
+    p.add_argument("--batch", type=int, default=16, help="patches per step (default 16)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--channels", choices=("independent", "joint"), default="independent")
+    p.add_argument("--dims", type=int, choices=(2, 3), help="2D or 3D network (default: 3D when there is a Z axis)")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-memory", type=float, default=2.0, help="GiB of patches kept in memory (default 2)")
+    n2v = p.add_argument_group("Noise2Void")
+    n2v.add_argument("--mask-fraction", type=float, help="share of pixels masked per patch (default 0.02)")
+    n2v.add_argument("--replacement", choices=("neighbour", "mean", "median", "random"),
+                     help="how masked pixels are replaced (default neighbour; median for n2v2)")
+    n2n = p.add_argument_group("Noise2Noise")
+    n2n.add_argument("--target", help="second noisy acquisition of the same scene (same shape)")
+    n2n.add_argument("--pairs", choices=("adjacent", "even-odd", "subsample"),
+                     help="form pairs inside the image: adjacent planes/frames, even/odd frames, or sub-sampling")
+    n2n.add_argument("--along", help="axis along which pairs are formed (T or Z)")
+    n2n.add_argument("--loss", choices=("l2", "l1"), help="Noise2Noise loss (default l2)")
+    ap = p.add_argument_group("AP-BSN")
+    ap.add_argument("--stride-train", type=int, help="pixel-shuffle stride in training (default 5)")
+    ap.add_argument("--stride-infer", type=int, help="pixel-shuffle stride at inference (default 2)")
+    ap.add_argument("--r3-passes", type=int, help="R3 refinement passes (0 disables; default 8)")
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"mask_fraction": "mask_fraction", "replacement": "replacement", "loss": "loss",
+             "stride_train": "stride_train", "stride_infer": "stride_infer", "r3_passes": "r3_passes"}
+    return {k: getattr(args, a) for a, k in names.items() if getattr(args, a, None) is not None}
+
+
+def _open(path: str, axes: str | None):
+    from .io.images import open_image
+
+    info = open_image(path)
+    if axes:
+        info.axes = axes.upper()
+    return info
+
+
+def _progress_bar(total: float, desc: str, quiet: bool, unit: str = "s"):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=True, dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}{unit} [{elapsed}<{remaining}{postfix}]")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import api
+    from .durations import parse_duration
+
+    infos = [_open(p, args.axes) for p in args.images]
+    axes = infos[0].axes
+    if any(i.axes != axes for i in infos):
+        raise N2xError("the training images have different axes; give --axes or train on matching files")
+    target = _open(args.target, args.axes).data if args.target else None
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise N2xError(f"{out} exists; choose another name or pass --overwrite")
+    seconds = parse_duration(args.time) if args.time else None
+    if args.steps is None and args.epochs is None and seconds is None:
+        seconds = api.DEFAULT_SECONDS
+    total = args.steps if args.steps is not None else (seconds if seconds is not None else 1.0)
+    unit = " steps" if args.steps is not None else ("s" if seconds is not None else "")
+    patch = args.patch[0] if args.patch and len(args.patch) == 1 else args.patch
+    gen = api.train_iter([i.data for i in infos], axes, args.method, time=seconds, steps=args.steps,
+                         epochs=args.epochs, patch_size=patch, batch_size=args.batch, learning_rate=args.lr,
+                         channels=args.channels, dims=args.dims, device=args.device, seed=args.seed,
+                         max_memory=args.max_memory * 2**30, target=target, pairs=args.pairs, along=args.along,
+                         **_method_options(args))
+    bar = _progress_bar(100.0 if args.epochs is not None else total, f"train {args.method}", args.quiet, unit)
+    model = None
+    try:
+        while True:
+            try:
+                pr = next(gen)
+            except StopIteration as done:
+                model = done.value
+                break
+            if args.steps is not None:
+                bar.n = pr.step
+            elif seconds is not None:
+                bar.n = min(seconds, pr.fraction * seconds)
+            else:
+                bar.n = 100 * pr.fraction
+            post = {"step": pr.step, "loss": f"{pr.loss:.4f}"}
+            if pr.best_val_loss is not None:
+                post["val"] = f"{pr.best_val_loss:.4f}"
+            bar.set_postfix(post, refresh=False)
+            bar.refresh()
+    except KeyboardInterrupt:
+        bar.close()
+        print("n2x: interrupted; nothing was saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    bar.close()
+    model.save(out)
+    h = model.history
+    if not args.quiet:
+        print(f"saved {out}: {h['steps']} steps in {h['train_seconds']:.0f} s "
+              f"({h['patches_per_second']:.0f} patches/s), best validation loss {h['best_val_loss']:.4g} "
+              f"at step {h['best_step']}")
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    from . import api
+    from .io.images import write_tiff
+
+    model = api.load_model(args.model, device=args.device)
+    if len(args.inputs) != 1:
+        raise N2xError("denoise takes one image with -o FILE (folders and several inputs come with batch mode)")
+    info = _open(args.inputs[0], args.axes)
+    out = Path(args.output)
+    if out.resolve() == Path(args.inputs[0]).resolve():
+        raise N2xError("the output would overwrite the input; choose another output path")
+    if out.exists() and not args.overwrite:
+        raise N2xError(f"{out} exists; choose another output or pass --overwrite to replace it")
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise N2xError(f"cannot write {out}: the output must end in .tif or .tiff")
+    layout = model.layout_for(info.data.shape, info.axes)
+    bar = _progress_bar(layout.n_samples, "denoise", args.quiet, unit=" planes" if layout.n_samples > 1 else "")
+    tile = args.tile[0] if args.tile and len(args.tile) == 1 else args.tile
+
+    def progress(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    t0 = time.perf_counter()
+    result = model.predict(info.data, layout.axes, tile=tile, progress=progress)
+    bar.close()
+    write_tiff(out, result, layout.axes, scale=info.scale, overwrite=args.overwrite)
+    if not args.quiet:
+        mpix = result.size / 1e6 / max(time.perf_counter() - t0, 1e-9)
+        print(f"wrote {out} ({'x'.join(map(str, result.shape))} {layout.axes}, float32; {mpix:.2f} MPix/s)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train on the built-in synthetic sample, denoise it, report the PSNR gain against its clean image."""
+    import numpy as np
+
+    from . import api
+    from .data.samples import noisy_sample
+    from .durations import parse_duration
+
+    noisy, clean, axes = noisy_sample("2d", "pg", seed=0)
+    seconds = parse_duration(args.time)
+
+    def psnr(x: np.ndarray) -> float:
+        return float(10 * np.log10(1.0 / np.mean((x - clean) ** 2)))
+
+    bar = _progress_bar(seconds, f"train {args.method} on the built-in sample", args.quiet)
+    model = api.train(noisy, axes, args.method, time=seconds, seed=0, device=args.device,
+                      callback=lambda pr: (setattr(bar, "n", min(seconds, pr.fraction * seconds)), bar.refresh()))
+    bar.close()
+    denoised = api.denoise(model, noisy)
+    before, after = psnr(noisy), psnr(denoised)
+    print(f"sample: synthetic cells 256x256 with Poisson-Gaussian noise, method {args.method}, "
+          f"{model.history['steps']} steps")
+    print(f"PSNR noisy    {before:6.2f} dB")
+    print(f"PSNR denoised {after:6.2f} dB  (gain {after - before:+.2f} dB)")
+    if args.output:
+        from .io.images import write_tiff
+
+        outdir = Path(args.output)
+        write_tiff(outdir / "sample_noisy.tif", noisy, axes, overwrite=True)
+        write_tiff(outdir / "sample_denoised.tif", denoised, axes, overwrite=True)
+        model.save(outdir / "sample_model.n2x")
+        print(f"wrote {outdir}/sample_noisy.tif, sample_denoised.tif, sample_model.n2x")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import api
+
+    model = api.load_model(args.model, device="cpu")
+    c = model.config
+    summary = {"method": c["method"], "network": c["network"], "axes": c["axes"], "spatial": c["spatial"],
+               "channels": c["channels"], "n_channels": c["n_channels"], "patch_shape": c["patch_shape"],
+               "normalization": c["normalization"], "package_version": c.get("package_version"),
+               "steps": model.history.get("steps"), "best_val_loss": model.history.get("best_val_loss"),
+               "halo": model.halo}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="n2x", description="Self-supervised denoising of microscopy images.")
+    parser.add_argument("--version", action="version", version=f"napari-n2x {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a denoiser on noisy images")
+    p.add_argument("images", nargs="+", help="noisy image file(s): TIFF, OME-TIFF, zarr, OME-Zarr")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.n2x)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("denoise", help="denoise images with a trained model")
+    p.add_argument("model", help="model file (.n2x)")
+    p.add_argument("inputs", nargs="+", help="image file(s)")
+    p.add_argument("-o", "--output", required=True, help="output file")
+    p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
+    p.add_argument("--tile", type=int, nargs="+", help="core tile size (one value or one per spatial axis)")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_denoise)
+
+    p = sub.add_parser("demo", help="train and denoise the built-in sample and report the PSNR gain")
+    p.add_argument("--method", default="n2v")
+    p.add_argument("--time", default="60s", help="training time (default 60s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-o", "--output", help="folder to write the sample, its denoised version and the model into")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="show what a model file holds")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except N2xError as exc:
+        print(f"n2x: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("n2x: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("n2x: error: out of memory; use a smaller --tile or --batch, or --max-memory", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"n2x: error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data handling: axes, normalisation, patch sampling, the noise probe and synthetic samples."""

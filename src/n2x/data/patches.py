@@ -1,0 +1,273 @@
+"""Random training patches from in-memory or lazy (dask/zarr) arrays, with augmentation and a validation split.
+
+Data come as :class:`Source` objects: aligned stacks (one for Noise2Void, input and target for Noise2Noise) that can
+read a spatial region of one sample. When everything fits into ``max_memory`` bytes it is read once; otherwise a
+cache of random regions is kept within that budget and refreshed in a background thread, so training memory is
+bounded by the parameter, not by the data's size.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from math import prod
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .axes import Layout, check_finite
+from .normalize import Normalization
+
+Region = tuple[slice, ...]
+
+
+@dataclass
+class Source:
+    """Aligned stacks to draw patches from.
+
+    ``read(s, region)`` returns one raw float32 array ``(C, *spatial)`` per stack for sample ``s`` and a spatial
+    ``region`` (slices along ``layout.spatial``). ``n_samples`` may be smaller than the layout's (pairs along an axis).
+    """
+
+    layout: Layout
+    n_samples: int
+    read: Callable[[int, Region], tuple[np.ndarray, ...]]
+    n_stacks: int = 1
+    name: str = ""
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.layout.spatial_shape
+
+    @property
+    def n_pixels(self) -> int:
+        return self.n_samples * prod(self.spatial_shape)
+
+
+def single_source(array: Any, layout: Layout, name: str = "") -> Source:
+    """The noisy image itself (Noise2Void, AP-BSN, single-image Noise2Noise)."""
+    return Source(layout, layout.n_samples, lambda s, r: (layout.read(array, s, r),), 1, name)
+
+
+@dataclass
+class _Split:
+    """Which part of a source trains and which validates."""
+
+    train_samples: list[int]
+    val_samples: list[int]
+    train_region: Region  # spatial bounds of training patches in train samples
+    val_region: Region | None  # spatial stripe held out in the same samples, when samples are too few
+
+
+class PatchSampler:
+    """Draws augmented batches of normalised patches from one or more :class:`Source` objects.
+
+    ``patch_shape`` is spatial (``(Y, X)`` or ``(Z, Y, X)``). Flips on every spatial axis; 90-degree rotations in the
+    YX plane when ``rotate`` (default: when the patch is square in YX). ``val_fraction`` of the samples (or a stripe of
+    each image when there are few samples) is held out for validation and never trained on.
+    """
+
+    def __init__(self, sources: Sequence[Source], patch_shape: Sequence[int], *, max_memory: float = 2e9,
+                 val_fraction: float = 0.1, n_val_patches: int = 64, normalization: str = "meanstd",
+                 rotate: bool | None = None, flip: bool = True, seed: int | None = None,
+                 norm: Normalization | None = None):
+        self.sources = list(sources)
+        if not self.sources:
+            raise InputError("no training data was given")
+        self.patch = tuple(int(p) for p in patch_shape)
+        self.ndim = len(self.patch)
+        self.n_stacks = self.sources[0].n_stacks
+        self.n_channels = self.sources[0].layout.n_channels
+        for src in self.sources:
+            if src.layout.ndim_spatial != self.ndim:
+                raise InputError(f"patch {self.patch} has {self.ndim} dims but {src.name or 'an image'} is "
+                                 f"{src.layout.ndim_spatial}D ({src.layout.spatial})")
+            if src.layout.n_channels != self.n_channels:
+                raise InputError("all training images must have the same number of channels "
+                                 f"({src.name or 'one'} has {src.layout.n_channels}, expected {self.n_channels})")
+            small = [f"{a}={n}<{p}" for a, n, p in zip(src.layout.spatial, src.spatial_shape, self.patch) if n < p]
+            if small:
+                raise InputError(f"{src.name or 'the image'} (spatial shape {src.spatial_shape}) is smaller than the "
+                                 f"training patch {self.patch} ({', '.join(small)}); use a smaller patch size")
+        self.rotate = (self.patch[-1] == self.patch[-2]) if rotate is None else bool(rotate)
+        self.flip = flip
+        self.rng = np.random.default_rng(seed)
+        self.max_memory = float(max_memory)
+        self.splits = [self._split(src, val_fraction) for src in self.sources]
+        self.val_independent = all(s.val_samples or s.val_region is not None for s in self.splits)
+
+        bytes_needed = sum(src.n_pixels * self.n_channels * 4 * self.n_stacks for src in self.sources)
+        self.in_memory = bytes_needed <= self.max_memory
+        self._regions: list[tuple[np.ndarray, ...]] = []
+        self._weights = np.zeros(0)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._incoming: queue.Queue = queue.Queue(maxsize=4)
+        if self.in_memory:
+            raw = [(src.read(s, split.train_region)) for src, split in zip(self.sources, self.splits)
+                   for s in split.train_samples]
+        else:
+            raw = [self._read_random_region(self.rng) for _ in range(self._n_cache_regions())]
+        for blocks in raw:
+            for b in blocks:
+                check_finite(b, "the training data")
+        self.norm = norm or Normalization.fit([b for blocks in raw for b in blocks[:1]], normalization)
+        self._set_regions([self._normalize(blocks) for blocks in raw])
+        self.val_patches = self._make_val_patches(n_val_patches)
+        self.train_pixels = sum(len(sp.train_samples) * prod(_region_shape(sp.train_region, src.spatial_shape))
+                                for src, sp in zip(self.sources, self.splits))
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+    def _split(self, src: Source, val_fraction: float) -> _Split:
+        full = tuple(slice(0, n) for n in src.spatial_shape)
+        samples = list(range(src.n_samples))
+        total_samples = sum(s.n_samples for s in self.sources)
+        if val_fraction <= 0:
+            return _Split(samples, [], full, None)
+        if total_samples >= 10 and src.n_samples >= 2:
+            n_val = max(1, round(src.n_samples * val_fraction))
+            val = [int(v) for v in np.linspace(0, src.n_samples - 1, n_val + 2)[1:-1].round()]
+            return _Split([s for s in samples if s not in val], val, full, None)
+        # Few samples: hold out a stripe at the end of the longest spatial axis when both parts still fit a patch.
+        shape = src.spatial_shape
+        ax = int(np.argmax(np.asarray(shape) / np.asarray(self.patch)))
+        width = max(self.patch[ax], int(round(shape[ax] * val_fraction)))
+        if shape[ax] - width >= self.patch[ax]:
+            train = tuple(slice(0, shape[ax] - width) if d == ax else full[d] for d in range(self.ndim))
+            val = tuple(slice(shape[ax] - width, shape[ax]) if d == ax else full[d] for d in range(self.ndim))
+            return _Split(samples, [], train, val)
+        return _Split(samples, [], full, None)
+
+    def _n_cache_regions(self) -> int:
+        shape = self._cache_region_shape(self.sources[0])
+        per_region = prod(shape) * self.n_channels * 4 * self.n_stacks
+        return int(max(4, min(256, self.max_memory // max(per_region, 1))))
+
+    def _cache_region_shape(self, src: Source) -> tuple[int, ...]:
+        return tuple(min(n, 4 * p) for n, p in zip(_region_shape(self.splits[self.sources.index(src)].train_region,
+                                                                 src.spatial_shape), self.patch))
+
+    def _read_random_region(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        weights = np.array([len(sp.train_samples) * prod(_region_shape(sp.train_region, src.spatial_shape))
+                            for src, sp in zip(self.sources, self.splits)], float)
+        k = int(rng.choice(len(self.sources), p=weights / weights.sum()))
+        src, split = self.sources[k], self.splits[k]
+        s = int(rng.choice(split.train_samples))
+        shape = self._cache_region_shape(src)
+        region = []
+        for d, n in enumerate(shape):
+            lo, hi = split.train_region[d].start, split.train_region[d].stop
+            start = int(rng.integers(lo, hi - n + 1))
+            region.append(slice(start, start + n))
+        return src.read(s, tuple(region))
+
+    def _normalize(self, blocks: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        return tuple(self.norm.apply(b, channel_axis=0) for b in blocks)
+
+    def _set_regions(self, regions: list[tuple[np.ndarray, ...]]) -> None:
+        with self._lock:
+            self._regions = regions
+            self._weights = np.array([_n_positions(r[0].shape[1:], self.patch) for r in regions], float)
+            self._weights /= self._weights.sum()
+
+    def _make_val_patches(self, n_max: int) -> tuple[np.ndarray, ...] | None:
+        """A fixed set of validation patches, tiled over the held-out data (or drawn from training data)."""
+        rng = np.random.default_rng(12345)
+        picks: list[tuple[np.ndarray, ...]] = []
+        for src, split in zip(self.sources, self.splits):
+            if split.val_samples:
+                parts = [(s, tuple(slice(0, n) for n in src.spatial_shape)) for s in split.val_samples]
+            elif split.val_region is not None:
+                parts = [(s, split.val_region) for s in split.train_samples]
+            else:
+                continue
+            for s, region in parts[:max(1, n_max)]:
+                shape = _region_shape(region, src.spatial_shape)
+                starts = [range(r.start, r.start + n - p + 1, p) for r, n, p in zip(region, shape, self.patch)]
+                grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, self.ndim)
+                for g in grid[rng.permutation(len(grid))][: max(1, n_max // len(parts))]:
+                    sub = tuple(slice(int(a), int(a) + p) for a, p in zip(g, self.patch))
+                    picks.append(self._normalize(src.read(s, sub)))
+        if not picks:  # nothing held out: validate on fixed training patches (not independent)
+            return self._draw(min(n_max, 32), np.random.default_rng(777), augment=False)
+        picks = picks[:n_max]
+        return tuple(np.stack([p[i] for p in picks]) for i in range(self.n_stacks))
+
+    # -- sampling --------------------------------------------------------------------------------------------
+    def _draw(self, n: int, rng: np.random.Generator, augment: bool = True) -> tuple[np.ndarray, ...]:
+        with self._lock:
+            regions, weights = self._regions, self._weights
+        which = rng.choice(len(regions), size=n, p=weights)
+        out = [np.empty((n, self.n_channels) + self.patch, np.float32) for _ in range(self.n_stacks)]
+        for i, k in enumerate(which):
+            blocks = regions[k]
+            shape = blocks[0].shape[1:]
+            start = [int(rng.integers(0, m - p + 1)) for m, p in zip(shape, self.patch)]
+            sl = (slice(None),) + tuple(slice(a, a + p) for a, p in zip(start, self.patch))
+            flips = [d + 1 for d in range(self.ndim) if augment and self.flip and rng.random() < 0.5]
+            k90 = int(rng.integers(0, 4)) if augment and self.rotate else 0
+            for j, b in enumerate(blocks):
+                p = b[sl]
+                if flips:
+                    p = np.flip(p, axis=flips)
+                if k90:
+                    p = np.rot90(p, k90, axes=(-2, -1))
+                out[j][i] = p
+        return tuple(out)
+
+    def batch(self, n: int) -> tuple[np.ndarray, ...]:
+        """``n`` augmented patches per stack, each ``(n, C, *patch)`` float32, normalised."""
+        if not self.in_memory:
+            self._swap_in_regions()
+        return self._draw(n, self.rng)
+
+    def _swap_in_regions(self) -> None:
+        if self._thread is None:
+            self._reader_seed = int(self.rng.integers(2**63))
+            self._thread = threading.Thread(target=self._reader, daemon=True, name="n2x-patch-reader")
+            self._thread.start()
+        new = []
+        while True:
+            try:
+                new.append(self._incoming.get_nowait())
+            except queue.Empty:
+                break
+        if new:
+            regions = list(self._regions)
+            for blocks in new:
+                regions[int(self.rng.integers(0, len(regions)))] = blocks
+            self._set_regions(regions)
+
+    def _reader(self) -> None:
+        rng = np.random.default_rng(self._reader_seed)
+        while not self._stop.is_set():
+            try:
+                blocks = self._normalize(self._read_random_region(rng))
+            except Exception:  # a failing read ends the refresh; the cache keeps serving what it has
+                return
+            while not self._stop.is_set():
+                try:
+                    self._incoming.put(blocks, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    def close(self) -> None:
+        """Stop the background reader (if any)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def patches_per_epoch(self) -> int:
+        """Patches in one pass over the training pixels."""
+        return max(1, -(-self.train_pixels // prod(self.patch)))
+
+
+def _region_shape(region: Region, full: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(len(range(*r.indices(n))) for r, n in zip(region, full))
+
+
+def _n_positions(shape: tuple[int, ...], patch: tuple[int, ...]) -> int:
+    return prod(max(1, n - p + 1) for n, p in zip(shape, patch))

@@ -1,0 +1,1 @@
+"""Reading images lazily and reading/writing model files."""

@@ -1,0 +1,169 @@
+"""Opening images lazily (TIFF/OME-TIFF through ``tifffile.aszarr``, zarr/OME-Zarr) and writing TIFF results.
+
+Nothing here reads a whole image: openers return a ``dask.array`` plus what the file says about its axes and
+pixel sizes.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..errors import InputError, OutputExistsError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+# tifffile's axis letters -> ours. 'S' in tifffile is RGB samples, which are channels here.
+_TIFF_AXES = {"T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X", "S": "C", "Q": "S", "I": "S", "R": "S",
+              "A": "S", "P": "S", "E": "S", "V": "S", "L": "S", "H": "S", "O": "S", "M": "S"}
+
+
+@dataclass
+class ImageInfo:
+    """An opened image: lazy ``data``, its ``axes`` (None when unknown), and per-axis ``scale``/``translation``
+    (physical units per pixel and origin, keyed by axis letter) with ``units``."""
+
+    data: Any
+    axes: str | None
+    path: Path | None = None
+    scale: dict[str, float] = field(default_factory=dict)
+    translation: dict[str, float] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    kind: str = "array"
+    extra: dict = field(default_factory=dict)
+
+
+def is_zarr_path(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.suffix == ".zarr" or (p.is_dir() and ((p / ".zgroup").exists() or (p / ".zarray").exists()
+                                                   or (p / "zarr.json").exists()))
+
+
+def open_image(path: str | os.PathLike, level: int = 0) -> ImageInfo:
+    """Open a TIFF/OME-TIFF or zarr/OME-Zarr image lazily; :class:`InputError` when it cannot be read."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p} does not exist")
+    if is_zarr_path(p):
+        return _open_zarr(p, level)
+    if p.suffix.lower() in TIFF_SUFFIXES:
+        return _open_tiff(p, level)
+    raise InputError(f"{p} is not a TIFF or zarr image (supported: .tif, .tiff, .ome.tif, .zarr, .ome.zarr)")
+
+
+def _open_tiff(p: Path, level: int) -> ImageInfo:
+    import tifffile
+    import zarr
+
+    try:
+        tif = tifffile.TiffFile(p)
+        series = tif.series[0]
+        levels = getattr(series, "levels", [series])
+        if level >= len(levels):
+            raise InputError(f"{p} has {len(levels)} resolution level(s); level {level} does not exist")
+        store = levels[level].aszarr()
+        arr = zarr.open(store, mode="r")
+        data = da.from_zarr(arr)
+        axes = "".join(_TIFF_AXES.get(a, "S") for a in series.axes)
+        if len(set(axes)) != len(axes):
+            axes = None  # e.g. two unknown axes: let the user say
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{p} cannot be read as a TIFF image ({type(exc).__name__}: {exc})") from None
+    scale, units = {}, {}
+    try:
+        page = series.pages[0]
+        xres = page.tags.get("XResolution")
+        yres = page.tags.get("YResolution")
+        if xres is not None and yres is not None:
+            xr, yr = xres.value, yres.value
+            if xr[0] and yr[0] and (xr != (1, 1) or yr != (1, 1)):
+                scale["X"] = xr[1] / xr[0]
+                scale["Y"] = yr[1] / yr[0]
+        ij = tif.imagej_metadata or {}
+        if "spacing" in ij:
+            scale["Z"] = float(ij["spacing"])
+        if ij.get("unit"):
+            units = {a: str(ij["unit"]).replace("\\u00B5", "µ") for a in scale}
+    except Exception:  # pixel sizes are a nicety; a file without them still opens
+        pass
+    return ImageInfo(data=data, axes=axes, path=p, scale=scale, units=units, kind="tiff", extra={"tiff": tif})
+
+
+def _open_zarr(p: Path, level: int) -> ImageInfo:
+    import zarr
+
+    try:
+        node = zarr.open(str(p), mode="r")
+    except Exception as exc:
+        raise InputError(f"{p} cannot be opened as zarr ({type(exc).__name__}: {exc})") from None
+    if isinstance(node, zarr.Array):
+        return ImageInfo(data=da.from_zarr(node), axes=None, path=p, kind="zarr")
+    attrs = dict(node.attrs)
+    ome = attrs.get("ome", attrs)
+    ms = ome.get("multiscales")
+    if not ms:
+        arrays = list(node.array_keys())
+        if len(arrays) == 1:
+            return ImageInfo(data=da.from_zarr(node[arrays[0]]), axes=None, path=p, kind="zarr")
+        raise InputError(f"{p} is a zarr group without OME-NGFF multiscales metadata; point to one of its arrays")
+    m = ms[0]
+    datasets = m["datasets"]
+    if level >= len(datasets):
+        raise InputError(f"{p} has {len(datasets)} resolution level(s); level {level} does not exist")
+    ds = datasets[level]
+    arr = node[ds["path"]]
+    axes_meta = m.get("axes", [])
+    names = [a["name"] if isinstance(a, dict) else a for a in axes_meta]
+    axes = "".join(n.upper() if n.upper() in "TCZYX" else "S" for n in names) or None
+    if axes and len(set(axes)) != len(axes):
+        axes = None
+    scale, translation, units = {}, {}, {}
+    for t in ds.get("coordinateTransformations", []):
+        if t.get("type") == "scale" and axes:
+            scale = {a: float(v) for a, v in zip(axes, t["scale"])}
+        if t.get("type") == "translation" and axes:
+            translation = {a: float(v) for a, v in zip(axes, t["translation"])}
+    for a, meta in zip(axes or "", axes_meta):
+        if isinstance(meta, dict) and meta.get("unit"):
+            units[a] = meta["unit"]
+    return ImageInfo(data=da.from_zarr(arr), axes=axes, path=p, scale=scale, translation=translation,
+                     units=units, kind="ome-zarr", extra={"multiscales": m})
+
+
+def write_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, *, scale: dict[str, float] | None = None,
+               overwrite: bool = False) -> Path:
+    """Write ``data`` as a (BigTIFF-capable) TIFF atomically: a temporary file renamed into place when complete."""
+    import tifffile
+
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"{p} exists; choose another output or pass --overwrite to replace it")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(data, np.float32)
+    if set(axes) <= set("TZCYX"):
+        # ImageJ hyperstacks hold float32 in TZCYX order with pixel sizes, and napari and Fiji read them.
+        order = "".join(a for a in "TZCYX" if a in axes)
+        arr = np.transpose(arr, [axes.index(a) for a in order])
+        kwargs: dict[str, Any] = {"imagej": True, "metadata": {"axes": order}}
+        if scale and "X" in scale and "Y" in scale:
+            kwargs["resolution"] = (1.0 / scale["X"], 1.0 / scale["Y"])
+        if scale and "Z" in scale:
+            kwargs["metadata"]["spacing"] = scale["Z"]
+    else:
+        # Other sample axes: tifffile's shaped format keeps the axes (ours 'S' is its 'Q').
+        kwargs = {"metadata": {"axes": axes.replace("S", "Q")}}
+    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".part", dir=p.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, arr, **kwargs)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p

@@ -1,0 +1,74 @@
+"""What a denoising method is to the engine: a network, a training loss on patches, and tile inference."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..nets import build_network
+
+
+class Method:
+    """Base class of the methods.
+
+    A method decides its network, turns a batch of normalised patches into a loss, and predicts a normalised tile.
+    Patches arrive as a tuple of tensors ``(B, C, *spatial)``: one for single-image methods, two (input, target) for
+    Noise2Noise with a partner.
+    """
+
+    name: ClassVar[str] = "base"
+    #: how many aligned arrays each training patch needs (1: the noisy image; 2: input and independent target)
+    n_stacks: ClassVar[int] = 1
+
+    def __init__(self, **params: Any):
+        self.params = dict(params)
+
+    # -- network ---------------------------------------------------------------------------------------------
+    def network_config(self, ndim: int, channels: int, overrides: dict | None = None) -> dict:
+        """The ``{"name": ..., **kwargs}`` of the default network for ``ndim`` spatial dims and ``channels``."""
+        cfg = {"name": "unet", "ndim": ndim, "in_channels": channels, "out_channels": channels,
+               "depth": 2, "features": 32}
+        cfg.update(overrides or {})
+        return cfg
+
+    def build_network(self, net_cfg: dict) -> nn.Module:
+        cfg = dict(net_cfg)
+        return build_network(cfg.pop("name"), **cfg)
+
+    def halo(self, net: nn.Module) -> int:
+        """Halo in pixels (per side, along each spatial axis) a tile needs so its cropped output is exact."""
+        r = net.receptive_radius()
+        m = self.multiple(net)
+        return -(-r // m) * m
+
+    def multiple(self, net: nn.Module) -> int:
+        """Tile sizes (halo included) must be multiples of this."""
+        return getattr(net, "multiple", 1)
+
+    # -- training --------------------------------------------------------------------------------------------
+    def make_sources(self, images: list, layouts: list, **options: Any) -> list:
+        """Training sources for ``images`` (already validated, with their layouts).
+
+        The default draws patches from each image alone; pairing methods override this. ``options`` are the
+        data options of :func:`n2x.train` that are not method parameters (e.g. ``target``, ``pairs``).
+        """
+        from ..data.patches import single_source
+
+        unknown = {k: v for k, v in options.items() if v is not None}
+        if unknown:
+            from ..errors import N2xError
+            raise N2xError(f"method {self.name!r} does not take {', '.join(sorted(unknown))}")
+        return [single_source(img, lay, name) for img, lay, name in
+                zip(images, layouts, [f"image {i}" for i in range(len(images))])]
+
+    def loss(self, net: nn.Module, patches: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- inference -------------------------------------------------------------------------------------------
+    def predict(self, net: nn.Module, x: torch.Tensor, position: tuple[int, ...] = ()) -> torch.Tensor:
+        """Denoise a normalised tile ``x`` of shape ``(B, C, *spatial)``; ``position`` seeds any randomness."""
+        return net(x)
+
+    def to_config(self) -> dict:
+        return {"name": self.name, **self.params}

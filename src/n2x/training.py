@@ -1,0 +1,186 @@
+"""The training loop: batches from a :class:`PatchSampler`, a method's loss, a schedule fitted to the planned length.
+
+:func:`fit` is a generator: it yields :class:`TrainProgress` after steps and validations, checks ``should_stop``
+between steps, keeps the weights with the best validation loss, and returns ``(net, history)``. The learning rate
+follows a short warm-up then a cosine decay over the planned length (steps, epochs or wall-clock seconds), so a
+time-limited run anneals to the end of its budget instead of being cut mid-schedule.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Generator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.patches import PatchSampler
+from .device import autocast_dtype
+from .errors import TrainingError
+from .methods.base import Method
+
+
+@dataclass
+class TrainProgress:
+    """One report from the training loop. Times in seconds; losses on normalised intensities."""
+
+    step: int
+    epoch: float
+    loss: float
+    val_loss: float | None
+    best_val_loss: float | None
+    elapsed: float
+    fraction: float
+    lr: float
+    patches_per_second: float
+    total_steps: int | None = None
+    preview: np.ndarray | None = None
+    done: bool = False
+    stopped: bool = False
+    history: dict = field(default_factory=dict, repr=False)
+
+
+def _fold(x: torch.Tensor, fold: bool) -> torch.Tensor:
+    return x.reshape((-1, 1) + tuple(x.shape[2:])) if fold and x.shape[1] > 1 else x
+
+
+def lr_at(fraction: float, lr: float, warmup: float = 0.03, floor: float = 0.01) -> float:
+    """Warm-up then cosine decay to ``floor * lr`` at ``fraction`` 1."""
+    if fraction < warmup:
+        return lr * max(fraction / warmup, 0.05)
+    f = min(1.0, (fraction - warmup) / (1 - warmup))
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * f)))
+
+
+def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.device,
+        steps: int | None = None, seconds: float | None = None, batch_size: int = 16, lr: float = 2e-3,
+        seed: int | None = None, should_stop: Callable[[], bool] | None = None,
+        preview: Callable[[nn.Module], np.ndarray | None] | None = None, preview_every: float = 2.0,
+        n_validations: int = 20, report_every: float = 0.5, fold_channels: bool = False) -> Generator[TrainProgress, None, tuple[nn.Module, dict]]:
+    """Train ``net`` with ``method``'s loss; exactly one of ``steps`` and ``seconds`` sets the length.
+
+    ``fold_channels`` trains a single-channel network on every channel of multichannel patches (channels
+    independent): ``(B, C, ...)`` patches become ``(B * C, 1, ...)``.
+    """
+    if (steps is None) == (seconds is None):
+        raise ValueError("give exactly one of steps and seconds")
+    gen = torch.Generator().manual_seed(seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63))
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    amp = autocast_dtype(device)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    per_epoch = sampler.patches_per_epoch()
+    history: dict = {"step": [], "loss": [], "elapsed": [], "val_step": [], "val_loss": [], "val_elapsed": [],
+                     "lr": []}
+    best_state, best_val, best_step = None, math.inf, 0
+    step, recent, t_train = 0, [], 0.0
+    t0 = time.perf_counter()
+    last_report = last_preview = -math.inf
+    next_val = 1
+    stopped = False
+
+    def fraction() -> float:
+        return step / steps if steps is not None else min(1.0, t_train / seconds)
+
+    def validate() -> float:
+        net.eval()
+        vgen = torch.Generator().manual_seed(4242)
+        losses, weights = [], []
+        with torch.no_grad():
+            for i in range(0, len(sampler.val_patches[0]), batch_size):
+                batch = tuple(_fold(torch.from_numpy(v[i:i + batch_size]).to(device), fold_channels)
+                              for v in sampler.val_patches)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    losses.append(float(method.loss(net, batch, vgen)))
+                weights.append(len(batch[0]))
+        net.train()
+        return float(np.average(losses, weights=weights))
+
+    def report(val: float | None, done: bool = False) -> TrainProgress:
+        prev = None
+        nonlocal last_preview
+        if preview is not None and (done or time.perf_counter() - last_preview >= preview_every):
+            net.eval()
+            prev = preview(net)
+            net.train()
+            last_preview = time.perf_counter()
+        return TrainProgress(
+            step=step, epoch=step * batch_size / per_epoch, loss=float(np.mean(recent)) if recent else math.nan,
+            val_loss=val, best_val_loss=best_val if best_val < math.inf else None,
+            elapsed=time.perf_counter() - t0, fraction=fraction(), lr=opt.param_groups[0]["lr"],
+            patches_per_second=step * batch_size / t_train if t_train > 0 else 0.0, total_steps=steps,
+            preview=prev, done=done, stopped=stopped, history=history)
+
+    try:
+        while fraction() < 1.0:
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            ts = time.perf_counter()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(fraction(), lr)
+            batch = tuple(_fold(torch.from_numpy(b).to(device, non_blocking=True), fold_channels)
+                          for b in sampler.batch(batch_size))
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = method.loss(net, batch, gen)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"training diverged at step {step} (loss {float(loss)}); lower the learning rate "
+                                    "or check the data for extreme values")
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            step += 1
+            lv = float(loss.detach())
+            t_train += time.perf_counter() - ts
+            recent.append(lv)
+            recent = recent[-20:]
+            history["step"].append(step)
+            history["loss"].append(lv)
+            history["elapsed"].append(round(time.perf_counter() - t0, 3))
+            history["lr"].append(opt.param_groups[0]["lr"])
+            val = None
+            if fraction() >= next_val / n_validations and fraction() < 1.0:
+                next_val = int(fraction() * n_validations) + 1
+                val = validate()
+                history["val_step"].append(step)
+                history["val_loss"].append(val)
+                history["val_elapsed"].append(round(time.perf_counter() - t0, 3))
+                if val < best_val:
+                    best_val, best_step = val, step
+                    best_state = copy.deepcopy(net.state_dict())
+            now = time.perf_counter()
+            if val is not None or now - last_report >= report_every:
+                last_report = now
+                yield report(val)
+    except torch.OutOfMemoryError:
+        raise TrainingError(f"the {device.type} device ran out of memory; use a smaller batch size or patch size, "
+                            "or train on the CPU") from None
+    finally:
+        sampler.close()
+    val = None
+    if step > 0:
+        val = validate()
+        history["val_step"].append(step)
+        history["val_loss"].append(val)
+        history["val_elapsed"].append(round(time.perf_counter() - t0, 3))
+        if val <= best_val or best_state is None:
+            best_val, best_step, best_state = val, step, None
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    history["best_step"] = best_step
+    history["best_val_loss"] = best_val if best_val < math.inf else None
+    history["steps"] = step
+    history["train_seconds"] = round(t_train, 3)
+    history["stopped"] = stopped
+    history["patches_per_second"] = step * batch_size / t_train if t_train > 0 else 0.0
+    net.eval()
+    yield report(val, done=True)
+    return net, history

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def psnr(x: np.ndarray, clean: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((np.asarray(x, np.float64) - clean) ** 2)))
+
+
+@pytest.fixture(scope="session")
+def cells2d():
+    """(noisy, clean) 2D synthetic cells, Gaussian noise sigma 0.1, 256 x 256."""
+    from n2x.data.samples import noisy_sample
+
+    noisy, clean, _ = noisy_sample("2d", "gaussian", seed=3)
+    return noisy, clean
+
+
+@pytest.fixture(scope="session")
+def real2d_path():
+    from importlib.resources import files
+
+    return str(files("n2x") / "sample_data" / "nuclei2d_real.tif")
+
+
+@pytest.fixture(scope="session")
+def trained_n2v(cells2d):
+    """A quickly trained N2V model shared by tests that need any trained model."""
+    import n2x
+
+    noisy, _ = cells2d
+    return n2x.train(noisy, "YX", "n2v", steps=30, patch_size=32, batch_size=8, seed=0, device="cpu",
+                     network={"features": 8})
