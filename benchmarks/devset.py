@@ -1,0 +1,78 @@
+"""The dev set of shared/BENCHMARK.md, built deterministically: clean images and their noisy realisations."""
+from __future__ import annotations
+
+import zlib
+from functools import lru_cache
+
+import numpy as np
+
+SIGMA = 25 / 255
+IMAGES_2D = ("camera", "coins", "moon")
+NOISES = ("G25", "PG", "CORR")
+
+
+def rng_for(name: str, kind: str, realisation: str) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(f"{name}/{kind}/{realisation}".encode()))
+
+
+@lru_cache(maxsize=None)
+def clean_image(name: str) -> np.ndarray:
+    """float32 in [0, 1] (min-max rescaled); ``volume`` is the 32 x 256 x 256 fluorescence-like volume."""
+    import skimage.data
+
+    if name == "volume":
+        return clean_volume()
+    img = getattr(skimage.data, name)().astype(np.float32)
+    return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
+
+
+def clean_volume() -> np.ndarray:
+    from scipy import ndimage as ndi
+    from skimage.data import binary_blobs
+    from skimage.draw import line_nd
+
+    blobs = binary_blobs(length=256, blob_size_fraction=0.06, n_dim=3, volume_fraction=0.08, rng=0)[:32]
+    v = 0.6 * ndi.gaussian_filter(blobs.astype(np.float32), sigma=(1, 2, 2))
+    rng = np.random.default_rng(zlib.crc32(b"volume/filaments"))
+    fil = np.zeros(v.shape, np.float32)
+    for _ in range(60):
+        a = rng.uniform([0, 0, 0], np.array(v.shape) - 1)
+        b = rng.uniform([0, 0, 0], np.array(v.shape) - 1)
+        idx = line_nd(a, b, endpoint=True)
+        fil[idx] = np.maximum(fil[idx], rng.uniform(0.6, 1.0))
+    fil = ndi.grey_dilation(fil, size=(1, 5, 5))  # 2 px in y/x on each side
+    fil = ndi.gaussian_filter(fil, sigma=(0.7, 1, 1))
+    v = np.maximum(v, fil)
+    v = v / v.max()
+    return (0.05 + 0.95 * v).astype(np.float32)
+
+
+def add_noise(clean: np.ndarray, kind: str, name: str, realisation: str = "a") -> np.ndarray:
+    """Noisy float32 realisation ``a`` or ``b`` of ``kind`` G25, PG or CORR (never clipped)."""
+    rng = rng_for(name, kind, realisation)
+    if kind == "G25":
+        return (clean + rng.normal(0, SIGMA, clean.shape)).astype(np.float32)
+    if kind == "PG":
+        return (rng.poisson(clean * 20) / 20 + rng.normal(0, 0.02, clean.shape)).astype(np.float32)
+    if kind == "CORR":
+        from scipy import ndimage as ndi
+
+        white = rng.normal(0, 1, clean.shape)
+        k = np.ones((3,) * clean.ndim) / 3 ** clean.ndim if clean.ndim == 2 else np.ones((1, 3, 3)) / 9
+        corr = ndi.convolve(white, k, mode="wrap")
+        corr = corr / corr.std() * SIGMA
+        return (clean + corr).astype(np.float32)
+    raise ValueError(kind)
+
+
+def noise_sigma(kind: str, clean: np.ndarray) -> float:
+    """The true per-pixel noise standard deviation (for BM3D with the true sigma)."""
+    if kind in ("G25", "CORR"):
+        return SIGMA
+    return float(np.sqrt(np.mean(clean) / 20 + 0.02 ** 2))
+
+
+def condition(name: str, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(clean, a, b)`` for image ``name`` and noise ``kind``."""
+    clean = clean_image(name)
+    return clean, add_noise(clean, kind, name, "a"), add_noise(clean, kind, name, "b")
