@@ -1,5 +1,13 @@
-"""Sample data for File > Open Sample > n2x: synthetic noisy cells made locally (no download)."""
+"""Sample data for File > Open Sample > n2x — all local, no download.
+
+Synthetic noisy cells (made on the fly, with a known clean image behind them) and two real fluorescence images with
+real noise shipped in ``n2x/sample_data`` (StarDist samples, BSD-3-Clause; see the README there).
+"""
 from __future__ import annotations
+
+from importlib.resources import as_file, files
+
+import numpy as np
 
 from ..data.samples import noisy_sample
 
@@ -12,3 +20,20 @@ def noisy_cells_2d():
 def noisy_cells_3d():
     noisy, _, _ = noisy_sample("3d", "pg", seed=0)
     return [(noisy, {"name": "noisy cells 3D", "metadata": {"n2x_axes": "ZYX"}}, "image")]
+
+
+def _real(name: str) -> np.ndarray:
+    import tifffile
+
+    with as_file(files("n2x") / "sample_data" / name) as path:
+        return tifffile.imread(path)
+
+
+def real_nuclei_2d():
+    data = _real("nuclei2d_real.tif")
+    return [(data, {"name": "nuclei 2D (real noise)", "metadata": {"n2x_axes": "YX"}}, "image")]
+
+
+def real_nuclei_3d():
+    data = _real("nuclei3d_real.tif")
+    return [(data, {"name": "nuclei 3D (real noise)", "metadata": {"n2x_axes": "ZYX"}}, "image")]

@@ -1,0 +1,315 @@
+"""The napari front door: Train and Denoise dock widgets on a real viewer (Xvfb), the manifest and the reader."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+import n2x  # noqa: E402
+from n2x.methods import method_names  # noqa: E402
+
+TIMEOUT = 60_000  # ms; generous for 2 shared CPU cores
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    got: list = []
+
+    def keep(n):
+        got.append(n)
+
+    notification_manager.notification_ready.connect(keep)
+    yield got
+    notification_manager.notification_ready.disconnect(keep)
+
+
+@pytest.fixture
+def models():
+    from n2x._napari.state import MODELS
+
+    MODELS.clear()
+    yield MODELS
+    MODELS.clear()
+
+
+@pytest.fixture
+def cells():
+    from n2x.data.samples import noisy_sample
+
+    noisy, _, _ = noisy_sample("2d", "gaussian", seed=1)
+    return noisy[:96, :96].copy()
+
+
+def _messages(notes) -> str:
+    return "\n".join(str(n.message) for n in notes)
+
+
+def _tiny(widget, steps: int = 8, preview: bool = False, denoise: bool = True) -> None:
+    """A tiny, quick configuration through the widget's own controls (Advanced section included)."""
+    widget.set_length(steps, "steps")
+    widget.patch_edit.setText("32")
+    widget.batch_spin.setValue(4)
+    widget.features_spin.setValue(8)
+    widget.seed_spin.setValue(0)
+    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+    widget.preview_check.setChecked(preview)
+    widget.preview_every_spin.setValue(0.5)
+    widget.denoise_after_check.setChecked(denoise)
+
+
+@pytest.fixture
+def train_widget(make_napari_viewer, cells):
+    from n2x._napari.train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cells, name="cells", scale=(0.5, 0.25), translate=(10.0, -4.0))
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train")
+    yield viewer, layer, widget
+    widget._stop.set()
+
+
+def _wait_idle(qtbot, widget, timeout=TIMEOUT):
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def test_manifest_and_samples():
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    mf = pm.get_manifest("napari-n2x")
+    assert {w.display_name for w in mf.contributions.widgets} == {"Train", "Denoise"}
+    keys = {s.key for s in mf.contributions.sample_data}
+    assert {"noisy-cells-2d", "noisy-cells-3d", "nuclei-2d-real", "nuclei-3d-real"} <= keys
+    from n2x._napari import sample_data
+
+    (data2d, meta2d, kind), = sample_data.real_nuclei_2d()
+    assert kind == "image" and data2d.shape == (512, 512) and meta2d["metadata"]["n2x_axes"] == "YX"
+    (data3d, meta3d, _), = sample_data.real_nuclei_3d()
+    assert data3d.ndim == 3 and meta3d["metadata"]["n2x_axes"] == "ZYX"
+
+
+def test_train_n2v_live_then_denoise_layer(qtbot, train_widget, models, tmp_path):
+    """Train from the widget; the event loop keeps turning; loss plot, preview, denoised layer, saved model."""
+    from qtpy.QtCore import QTimer
+
+    viewer, layer, widget = train_widget
+    assert widget.axes_edit.text() == "YX"
+    widget.set_method("n2v")
+    _tiny(widget, steps=8, preview=True)
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(widget.busy))
+    timer.start(10)
+    previews = []
+    assert widget.train()
+    assert widget.running and not widget.settings.isEnabled() and widget.train_btn.text() == "Stop"
+    qtbot.waitUntil(lambda: widget.preview_layer is not None or not widget.busy, timeout=TIMEOUT)
+    if widget.preview_layer is not None:  # the preview sits on the input, same geometry
+        previews.append(widget.preview_layer)
+        np.testing.assert_allclose(widget.preview_layer.scale, layer.scale)
+    _wait_idle(qtbot, widget)
+    timer.stop()
+    assert sum(ticks) >= 5, "the Qt event loop must keep running while training"
+    assert previews, "a live preview layer appears during training"
+    assert widget.plot.steps and widget.plot.val_losses
+    out = viewer.layers["cells [n2x denoised]"]
+    assert out.data.shape == layer.data.shape and out.data.dtype == np.float32
+    np.testing.assert_allclose(out.scale, layer.scale)
+    np.testing.assert_allclose(out.translate, layer.translate)
+    assert viewer.layers.index(out) == viewer.layers.index(layer) + 1
+    assert "cells [n2x preview]" not in [lay.name for lay in viewer.layers]  # superseded by the result
+    assert widget.model is not None and models.latest().model is widget.model
+    assert widget.train_btn.text() == "Train" and widget.train_btn.isEnabled() and widget.settings.isEnabled()
+    saved = widget.save_model(tmp_path / "cells")
+    assert saved.name == "cells.n2x" and saved.exists()
+    assert n2x.load_model(saved, device="cpu").config["spatial"] == "YX"
+
+
+def test_stop_keeps_best_model(qtbot, train_widget, models):
+    viewer, layer, widget = train_widget
+    _tiny(widget, denoise=False)
+    widget.set_length(5, "minutes")
+    assert widget.train()
+    qtbot.waitUntil(lambda: len(widget.plot.steps) >= 2, timeout=TIMEOUT)
+    widget.stop()
+    assert widget.train_btn.text() == "Stopping…"
+    _wait_idle(qtbot, widget, timeout=30_000)
+    assert widget.model is not None
+    assert widget.model.history["stopped"] is True
+    assert widget.model.history["steps"] < 5000
+    assert models.latest().model is widget.model
+    assert widget.train_btn.text() == "Train" and widget.save_btn.isEnabled()
+
+
+@pytest.mark.parametrize("method", ["n2v2", "n2n", "apbsn"])
+def test_train_other_methods(qtbot, train_widget, models, method):
+    if method not in method_names():
+        pytest.skip(f"{method} is not implemented in this installation yet")
+    viewer, layer, widget = train_widget
+    widget.set_method(method)
+    _tiny(widget, steps=3, denoise=False)
+    if method == "n2n":
+        widget.pairs_combo.setCurrentIndex(widget.pairs_combo.findData("subsample"))
+    if method == "apbsn":
+        widget.stride_train_spin.setValue(2)  # small image: the default stride 5 leaves tiny sub-images
+        widget.r3_spin.setValue(1)
+    assert widget.train()
+    _wait_idle(qtbot, widget)
+    assert widget.model is not None, widget.status.text()
+    assert widget.model.method_name == method
+
+
+def test_n2n_partner_layer(qtbot, train_widget, models):
+    if "n2n" not in method_names():
+        pytest.skip("n2n is not implemented in this installation yet")
+    viewer, layer, widget = train_widget
+    rng = np.random.default_rng(0)
+    viewer.add_image(layer.data + rng.normal(0, 0.05, layer.data.shape).astype(np.float32), name="second")
+    widget.layer_combo.set_layer(layer)
+    widget.set_method("n2n")
+    widget.pairs_combo.setCurrentIndex(widget.pairs_combo.findData("layer"))
+    widget.partner_combo.set_layer(viewer.layers["second"])
+    _tiny(widget, steps=3, denoise=False)
+    assert widget.train()
+    _wait_idle(qtbot, widget)
+    assert widget.model is not None and widget.model.method_name == "n2n"
+
+
+def test_bad_layers_are_refused_with_a_notification(qtbot, train_widget, notes):
+    viewer, layer, widget = train_widget
+    labels = viewer.add_labels(np.zeros((64, 64), np.uint8), name="masks")
+    assert labels not in widget.layer_combo.layers()  # only image layers are offered
+    viewer.add_image(np.zeros((64, 64), bool), name="mask as image")
+    widget.layer_combo.set_layer(viewer.layers["mask as image"])
+    assert widget.train() is False
+    assert "boolean" in _messages(notes)
+    viewer.add_image(np.ones((8, 8), np.float32), name="tiny")
+    widget.layer_combo.set_layer(viewer.layers["tiny"])
+    assert widget.train() is False
+    assert "too small" in _messages(notes)
+    widget.layer_combo.set_layer(layer)
+    widget.axes_edit.setText("ZYX")
+    assert widget.train() is False
+    assert "axes" in _messages(notes).lower()
+    assert not widget.busy and widget.train_btn.isEnabled()
+
+
+def test_error_in_worker_ends_with_notification(qtbot, train_widget, notes, monkeypatch):
+    """A RuntimeError (torch's out-of-memory type) inside the worker: notification, usable widget, no hang."""
+    viewer, layer, widget = train_widget
+
+    def broken(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(n2x, "train_iter", broken)
+    _tiny(widget, denoise=False)
+    assert widget.train()
+    _wait_idle(qtbot, widget, timeout=20_000)
+    text = _messages(notes)
+    assert "out of memory" in text and "batch size" in text
+    assert widget.train_btn.text() == "Train" and widget.train_btn.isEnabled() and widget.settings.isEnabled()
+    assert widget.progress.format() == "failed"
+    monkeypatch.undo()
+    _tiny(widget, steps=2, denoise=False)
+    assert widget.train()  # usable again
+    _wait_idle(qtbot, widget)
+    assert widget.model is not None
+
+
+def test_preview_region_follows_the_current_slice(make_napari_viewer):
+    from n2x._napari.train_widget import PreviewRegion
+    from n2x.data.axes import make_layout
+
+    viewer = make_napari_viewer()
+    data = np.arange(5 * 40 * 300, dtype=np.float32).reshape(5, 40, 300)
+    layer = viewer.add_image(data, name="movie", scale=(1, 2, 2), translate=(0, 10, 20))
+    viewer.dims.set_current_step(0, 3)
+    region = PreviewRegion(layer, make_layout(data.shape, "TYX"))
+    region.update(viewer)
+    block = region.read()
+    assert block.shape == (1, 40, 256)
+    index = region.used
+    assert index[0] == slice(3, 4)
+    np.testing.assert_array_equal(block[0], data[3][index[1], index[2]])
+    arr, offsets = region.place(block, index)
+    assert arr.shape == (1, 40, 256) and offsets[0] == 3
+
+
+def test_denoise_widget_layer_file_and_model_file(qtbot, make_napari_viewer, models, notes, tmp_path, cells):
+    from n2x._napari.denoise_widget import DenoiseWidget
+    from n2x._napari.reader import get_reader
+
+    model = n2x.train(cells, "YX", "n2v", steps=3, patch_size=32, batch_size=4, seed=0, device="cpu",
+                      network={"features": 8})
+    path = model.save(tmp_path / "m.n2x")
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cells, name="cells", scale=(2.0, 2.0))
+    widget = DenoiseWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Denoise")
+    assert widget.model_entry() is None
+    assert widget.run() is None and "choose a model" in _messages(notes)
+
+    # A model file, loaded from the widget.
+    entry = widget.load_model(path)
+    assert entry is not None and widget.model_entry() is entry
+    assert "halo" in widget.halo_label.text()
+    job = widget.run()
+    assert job is not None and widget.run_btn.text() == "Cancel"
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+    out = viewer.layers["cells [n2x denoised]"]
+    np.testing.assert_allclose(out.scale, layer.scale)
+    np.testing.assert_allclose(out.data, n2x.denoise(model, cells), rtol=1e-4, atol=1e-4)
+    assert widget.progress.format() == "done" and widget.run_btn.text() == "Denoise"
+
+    # Not a model file: a notification, nothing listed.
+    bad = tmp_path / "bad.n2x"
+    bad.write_bytes(b"not a model")
+    assert widget.load_model(bad) is None
+    assert "bad.n2x" in _messages(notes)
+
+    # The reader: a .n2x file opened in napari lists the model and adds no layer.
+    assert get_reader(str(tmp_path / "x.tif")) is None
+    reader = get_reader(str(path))
+    assert reader is not None and reader(str(path)) == [(None,)]
+    assert models.get("m.n2x") is not None
+
+    # A model that does not fit the input (3 channels vs 1) is refused before any thread starts.
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
+    widget.layer_combo.set_layer(viewer.layers["rgb"])
+    assert widget.run() is None and "channel" in _messages(notes)
+
+
+def test_denoise_widget_file_to_ome_zarr(qtbot, make_napari_viewer, models, tmp_path, cells):
+    """A file input goes through the chunked engine into an OME-Zarr that the new layer shows."""
+    from n2x._napari.denoise_widget import DenoiseWidget, volume_api
+
+    if volume_api() is None:
+        pytest.skip("n2x.iter_denoise_volume is not implemented in this installation yet")
+    import tifffile
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, cells)
+    model = n2x.train(cells, "YX", "n2v", steps=3, patch_size=32, batch_size=4, seed=0, device="cpu",
+                      network={"features": 8})
+    models.add(model, name="tiny")
+    viewer = make_napari_viewer()
+    widget = DenoiseWidget(viewer)
+    widget.from_path.setChecked(True)
+    widget.path_edit.setText(str(src))
+    widget._source_changed()
+    assert widget.axes_edit.text() == "YX"
+    widget.save_edit.setText(str(tmp_path / "out.ome.zarr"))
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+    out = viewer.layers["in [n2x denoised]"]
+    np.testing.assert_allclose(np.asarray(out.data), n2x.denoise(model, cells), rtol=1e-3, atol=1e-3)
+    assert (tmp_path / "out.ome.zarr").exists()
+    np.testing.assert_array_equal(tifffile.imread(src), cells)  # the input file is untouched
