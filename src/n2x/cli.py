@@ -130,35 +130,57 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_denoise(args: argparse.Namespace) -> int:
+    """Denoise one image into an OME-Zarr (``.zarr``: chunk by chunk, any size, resumable) or a TIFF."""
     from . import api
-    from .io.images import write_tiff
+    from .inference.volume import iter_denoise_volume
 
-    model = api.load_model(args.model, device=args.device)
     if len(args.inputs) != 1:
         raise N2xError("denoise takes one image with -o FILE (folders and several inputs come with batch mode)")
-    info = _open(args.inputs[0], args.axes)
     out = Path(args.output)
     if out.resolve() == Path(args.inputs[0]).resolve():
         raise N2xError("the output would overwrite the input; choose another output path")
-    if out.exists() and not args.overwrite:
-        raise N2xError(f"{out} exists; choose another output or pass --overwrite to replace it")
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise N2xError(f"cannot write {out}: the output must end in .tif or .tiff")
-    layout = model.layout_for(info.data.shape, info.axes)
-    bar = _progress_bar(layout.n_samples, "denoise", args.quiet, unit=" planes" if layout.n_samples > 1 else "")
+    model = api.load_model(args.model, device=args.device)
+    from .io.images import open_image
+
+    info = open_image(args.inputs[0], level=args.level)
+    info.axes = args.axes.upper() if args.axes else info.axes
     tile = args.tile[0] if args.tile and len(args.tile) == 1 else args.tile
-
-    def progress(done: int, total: int) -> None:
-        bar.n = done
-        bar.refresh()
-
+    chunks = args.chunks[0] if args.chunks and len(args.chunks) == 1 else args.chunks
+    gen = iter_denoise_volume(model, info, out, info.axes, tile=tile, batch_size=args.batch, level=args.level,
+                              overwrite=args.overwrite, chunks=chunks, ngff_version=args.ngff)
+    bar = _progress_bar(0, "denoise", args.quiet, unit=" chunks")
     t0 = time.perf_counter()
-    result = model.predict(info.data, layout.axes, tile=tile, progress=progress)
+    pr = None
+    try:
+        while True:
+            try:
+                pr = next(gen)
+            except StopIteration:
+                break
+            bar.total = pr.total
+            bar.n = pr.done
+            if pr.skipped:
+                bar.set_postfix({"resumed": pr.skipped}, refresh=False)
+            bar.refresh()
+    except KeyboardInterrupt:
+        gen.close()  # the chunks computed so far are written and recorded before the generator ends
+        bar.close()
+        if out.suffix.lower() not in (".tif", ".tiff"):
+            print(f"n2x: interrupted; {out} keeps the chunks written so far; run the same command again to resume",
+                  file=sys.stderr)
+        else:
+            print("n2x: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     bar.close()
-    write_tiff(out, result, layout.axes, scale=info.scale, overwrite=args.overwrite)
-    if not args.quiet:
-        mpix = result.size / 1e6 / max(time.perf_counter() - t0, 1e-9)
-        print(f"wrote {out} ({'x'.join(map(str, result.shape))} {layout.axes}, float32; {mpix:.2f} MPix/s)")
+    if not args.quiet and pr is not None:
+        n_px = 1
+        for n in info.data.shape:
+            n_px *= int(n)
+        share = (pr.done - pr.skipped) / max(pr.total, 1)
+        mpix = n_px * share / 1e6 / max(time.perf_counter() - t0, 1e-9)
+        resumed = f", {pr.skipped} chunk(s) resumed from an earlier run" if pr.skipped else ""
+        print(f"wrote {out} ({'x'.join(map(str, info.data.shape))} {info.axes or model.config.get('axes')}, "
+              f"float32; {mpix:.2f} MPix/s{resumed})")
     return 0
 
 
@@ -227,11 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("denoise", help="denoise images with a trained model")
     p.add_argument("model", help="model file (.n2x)")
     p.add_argument("inputs", nargs="+", help="image file(s)")
-    p.add_argument("-o", "--output", required=True, help="output file")
+    p.add_argument("-o", "--output", required=True,
+                   help="output: .ome.zarr / .zarr (OME-Zarr, any size, resumable) or .tif / .tiff")
     p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
-    p.add_argument("--tile", type=int, nargs="+", help="core tile size (one value or one per spatial axis)")
+    p.add_argument("--tile", type=int, nargs="+", help="core tile size (one value or one per spatial axis; "
+                   "default from the model and the free memory)")
+    p.add_argument("--batch", type=int, help="tiles per network call (default from the free memory)")
+    p.add_argument("--chunks", type=int, nargs="+", help="spatial chunk size of an OME-Zarr output "
+                   "(default two tiles per axis)")
+    p.add_argument("--level", type=int, default=0, help="resolution level of a multi-scale input (default 0)")
+    p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4",
+                   help="OME-NGFF version of a zarr output: 0.4 (zarr v2, default) or 0.5 (zarr v3)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (without it an unfinished OME-Zarr of the same job resumes)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_denoise)
 

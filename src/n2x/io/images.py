@@ -75,8 +75,48 @@ def _open_tiff(p: Path, level: int) -> ImageInfo:
         raise
     except Exception as exc:
         raise InputError(f"{p} cannot be read as a TIFF image ({type(exc).__name__}: {exc})") from None
-    scale, units = {}, {}
+    scale, translation, units = _tiff_physical(tif, series, axes or "")
+    if level and axes:
+        # A pyramid level's pixels are larger by the level's downsampling factor.
+        for a, full, here in zip(axes, levels[0].shape, levels[level].shape):
+            if a in scale and here:
+                scale[a] *= full / here
+    return ImageInfo(data=data, axes=axes, path=p, scale=scale, translation=translation, units=units, kind="tiff",
+                     extra={"tiff": tif})
+
+
+def _tiff_physical(tif: Any, series: Any, axes: str) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """Pixel sizes, origin and units of a TIFF: OME-XML first, then ImageJ metadata, then the resolution tags.
+
+    Pixel sizes are a nicety: a file without (or with broken) metadata still opens, with empty dicts.
+    """
+    scale: dict[str, float] = {}
+    translation: dict[str, float] = {}
+    units: dict[str, str] = {}
     try:
+        if tif.is_ome and tif.ome_metadata:
+            import tifffile
+
+            meta = tifffile.xml2dict(tif.ome_metadata)
+            image = meta.get("OME", {}).get("Image", {})
+            image = image[0] if isinstance(image, list) else image
+            pixels = image.get("Pixels", {})
+            for a in "XYZ":
+                size = pixels.get(f"PhysicalSize{a}")
+                if size:
+                    scale[a] = float(size)
+                    units[a] = str(pixels.get(f"PhysicalSize{a}Unit", "µm"))
+            if pixels.get("TimeIncrement"):
+                scale["T"] = float(pixels["TimeIncrement"])
+                units["T"] = str(pixels.get("TimeIncrementUnit", "s"))
+            plane = pixels.get("Plane")
+            plane = plane[0] if isinstance(plane, list) else plane
+            if isinstance(plane, dict):
+                for a in "XYZ":
+                    if plane.get(f"Position{a}") is not None:
+                        translation[a] = float(plane[f"Position{a}"])
+            if scale:
+                return _only(scale, axes), _only(translation, axes), _only(units, axes)
         page = series.pages[0]
         xres = page.tags.get("XResolution")
         yres = page.tags.get("YResolution")
@@ -85,14 +125,33 @@ def _open_tiff(p: Path, level: int) -> ImageInfo:
             if xr[0] and yr[0] and (xr != (1, 1) or yr != (1, 1)):
                 scale["X"] = xr[1] / xr[0]
                 scale["Y"] = yr[1] / yr[0]
+                res_unit = page.tags.get("ResolutionUnit")
+                code = int(res_unit.value) if res_unit is not None else 1
+                if code in (2, 3) and not tif.is_imagej:
+                    # Resolution per inch (2) or per centimetre (3): sizes in micrometres.
+                    factor = 25400.0 if code == 2 else 10000.0
+                    scale = {a: v * factor for a, v in scale.items()}
+                    units = {a: "micrometer" for a in scale}
         ij = tif.imagej_metadata or {}
         if "spacing" in ij:
             scale["Z"] = float(ij["spacing"])
         if ij.get("unit"):
-            units = {a: str(ij["unit"]).replace("\\u00B5", "µ") for a in scale}
-    except Exception:  # pixel sizes are a nicety; a file without them still opens
-        pass
-    return ImageInfo(data=data, axes=axes, path=p, scale=scale, units=units, kind="tiff", extra={"tiff": tif})
+            unit = str(ij["unit"]).replace("\\u00B5", "µ")
+            units = {a: unit for a in scale if a in "XYZ"}
+        if ij.get("finterval"):
+            scale["T"] = float(ij["finterval"])
+            units["T"] = str(ij.get("tunit", "s")) if ij.get("tunit") else "s"
+        for a, key in (("X", "xorigin"), ("Y", "yorigin"), ("Z", "zorigin")):
+            if ij.get(key) and a in scale:
+                # ImageJ stores the origin in pixels, counted the other way round.
+                translation[a] = -float(ij[key]) * scale[a]
+    except Exception:
+        return {}, {}, {}
+    return _only(scale, axes), _only(translation, axes), _only(units, axes)
+
+
+def _only(d: dict, axes: str) -> dict:
+    return {a: v for a, v in d.items() if a in axes} if axes else d
 
 
 def _open_zarr(p: Path, level: int) -> ImageInfo:
@@ -103,7 +162,7 @@ def _open_zarr(p: Path, level: int) -> ImageInfo:
     except Exception as exc:
         raise InputError(f"{p} cannot be opened as zarr ({type(exc).__name__}: {exc})") from None
     if isinstance(node, zarr.Array):
-        return ImageInfo(data=da.from_zarr(node), axes=None, path=p, kind="zarr")
+        return ImageInfo(data=da.from_zarr(node), axes=_zarr_dimension_axes(node), path=p, kind="zarr")
     attrs = dict(node.attrs)
     ome = attrs.get("ome", attrs)
     ms = ome.get("multiscales")
@@ -136,9 +195,23 @@ def _open_zarr(p: Path, level: int) -> ImageInfo:
                      units=units, kind="ome-zarr", extra={"multiscales": m})
 
 
+def _zarr_dimension_axes(arr: Any) -> str | None:
+    """Axes from a plain zarr array's dimension names (zarr 3 ``dimension_names`` or xarray's
+    ``_ARRAY_DIMENSIONS``) when they are all axis letters; None otherwise."""
+    names = getattr(arr.metadata, "dimension_names", None) or arr.attrs.get("_ARRAY_DIMENSIONS")
+    if not names or len(names) != arr.ndim:
+        return None
+    axes = "".join(str(n).upper() for n in names if n is not None)
+    return axes if len(axes) == arr.ndim and set(axes) <= set("STCZYX") and len(set(axes)) == len(axes) else None
+
+
 def write_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, *, scale: dict[str, float] | None = None,
-               overwrite: bool = False) -> Path:
-    """Write ``data`` as a (BigTIFF-capable) TIFF atomically: a temporary file renamed into place when complete."""
+               overwrite: bool = False, units: dict[str, str] | None = None) -> Path:
+    """Write ``data`` as a (BigTIFF-capable) TIFF atomically: a temporary file renamed into place when complete.
+
+    ``scale`` (physical size per pixel per axis letter) and ``units`` (per axis letter, e.g. ``"micrometer"``)
+    go into the ImageJ metadata where the axes allow an ImageJ hyperstack.
+    """
     import tifffile
 
     p = Path(path)
@@ -155,6 +228,12 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, *, scale: d
             kwargs["resolution"] = (1.0 / scale["X"], 1.0 / scale["Y"])
         if scale and "Z" in scale:
             kwargs["metadata"]["spacing"] = scale["Z"]
+        if scale and "T" in scale:
+            kwargs["metadata"]["finterval"] = scale["T"]
+        unit = (units or {}).get("X") or (units or {}).get("Y")
+        if unit:
+            # ImageJ spells micrometres "micron"; other units go as given.
+            kwargs["metadata"]["unit"] = "micron" if unit in ("micrometer", "µm", "um") else unit
     else:
         # Other sample axes: tifffile's shaped format keeps the axes (ours 'S' is its 'Q').
         kwargs = {"metadata": {"axes": axes.replace("S", "Q")}}
