@@ -17,6 +17,7 @@ from .inference.tiling import default_tile, predict_image, run_network, tiles_pe
 from .io.model_file import FORMAT_VERSION, file_sha256, read_model_file, state_sha256, write_model_file
 from .methods import get_method
 from .methods.base import Method
+from .nets import memory_format, optimize_for_inference
 
 
 class Model:
@@ -37,6 +38,7 @@ class Model:
         self.path = Path(path) if path is not None else None
         self.normalization = Normalization.from_dict(config["normalization"])
         self._device = torch.device("cpu")
+        self._infer_net: torch.nn.Module | None = None
 
     # -- description ----------------------------------------------------------------------------------------
     @property
@@ -90,7 +92,15 @@ class Model:
     def to(self, device: str | torch.device | None = "auto") -> "Model":
         self._device = select_device(device)
         self.net.to(self._device)
+        self._infer_net = None
         return self
+
+    def inference_net(self) -> torch.nn.Module:
+        """The network as used for prediction: batch norm fused into convolutions, channels-last layout."""
+        if self._infer_net is None:
+            self._infer_net = optimize_for_inference(self.net).to(self._device)
+            self._infer_net.to(memory_format=memory_format(len(self.spatial)))
+        return self._infer_net
 
     @property
     def device(self) -> torch.device:
@@ -105,8 +115,11 @@ class Model:
         if independent and c > 1 and pos:
             pos = [p for p in pos for _ in range(c)]
 
+        net = self.inference_net()
+        fmt = memory_format(len(self.spatial))
+
         def fn(t: torch.Tensor) -> torch.Tensor:
-            return self.method.predict(self.net, t, tuple(pos))
+            return self.method.predict(net, t.contiguous(memory_format=fmt), tuple(pos))
 
         y = run_network(fn, x, self._device, autocast_dtype(self._device))
         return y.reshape(tiles.shape[:2] + y.shape[2:]) if independent and c > 1 else y

@@ -21,6 +21,7 @@ from .data.patches import PatchSampler
 from .device import autocast_dtype
 from .errors import TrainingError
 from .methods.base import Method
+from .nets import memory_format
 
 
 @dataclass
@@ -44,7 +45,8 @@ class TrainProgress:
 
 
 def _fold(x: torch.Tensor, fold: bool) -> torch.Tensor:
-    return x.reshape((-1, 1) + tuple(x.shape[2:])) if fold and x.shape[1] > 1 else x
+    x = x.reshape((-1, 1) + tuple(x.shape[2:])) if fold and x.shape[1] > 1 else x
+    return x.contiguous(memory_format=memory_format(x.ndim - 2))
 
 
 def lr_at(fraction: float, lr: float, warmup: float = 0.03, floor: float = 0.01) -> float:
@@ -69,6 +71,7 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
         raise ValueError("give exactly one of steps and seconds")
     gen = torch.Generator().manual_seed(seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63))
     net.to(device).train()
+    net.to(memory_format=memory_format(sampler.ndim))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
@@ -182,5 +185,6 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
     history["stopped"] = stopped
     history["patches_per_second"] = step * batch_size / t_train if t_train > 0 else 0.0
     net.eval()
+    net.to(memory_format=torch.contiguous_format)
     yield report(val, done=True)
     return net, history
