@@ -131,7 +131,8 @@ class Model:
         """Denoise an in-memory (numpy or small dask) array; float32 in the input's units, same shape and axes.
 
         ``tile`` is the core tile size along the spatial axes (default chosen from the image and network);
-        ``progress(done, total)`` is called after each sample.
+        ``progress(done, total)`` is called after each sample; when ``should_stop()`` turns true the samples not yet
+        denoised are NaN in the result.
         """
         shape = tuple(getattr(array, "shape", np.shape(array)))
         check_dtype(getattr(array, "dtype", np.asarray(array).dtype))
@@ -140,7 +141,8 @@ class Model:
             self.to(device)
         core = self._core(layout, tile)
         bs = batch_size or tiles_per_batch(core, self.halo, 1, self.config["network"].get("features", 32), 1.5e9)
-        out = np.empty((layout.n_samples, layout.n_channels) + layout.spatial_shape, np.float32)
+        # NaN marks samples not reached when ``should_stop`` ends the run early.
+        out = np.full((layout.n_samples, layout.n_channels) + layout.spatial_shape, np.nan, np.float32)
         for s in range(layout.n_samples):
             if should_stop is not None and should_stop():
                 break

@@ -17,6 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+# torch.optim imports torch._dynamo lazily on first use; done first inside a worker thread (napari, dask) that import
+# can fail half-way ("'prims' object has no attribute 'sum'"). Importing it here, with the module, avoids the race.
+import torch._dynamo  # noqa: E402,F401
+
 from .data.patches import PatchSampler
 from .device import autocast_dtype
 from .errors import TrainingError
@@ -78,6 +82,8 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
     per_epoch = sampler.patches_per_epoch()
     history: dict = {"step": [], "loss": [], "elapsed": [], "val_step": [], "val_loss": [], "val_elapsed": [],
                      "lr": []}
+    if steps is not None:  # a validation every few steps at least, not every step of a short run
+        n_validations = max(1, min(n_validations, steps // 5))
     best_state, best_val, best_step = None, math.inf, 0
     step, recent, t_train = 0, [], 0.0
     t0 = time.perf_counter()
