@@ -147,6 +147,10 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 # -- the job -------------------------------------------------------------------------------------------------------
+class _Stopped(Exception):
+    """A stop request seen in the middle of a group of chunks: its partial work is dropped."""
+
+
 @dataclass
 class _Job:
     """Everything a run needs, fixed before the first chunk (picklable but for the model)."""
@@ -165,6 +169,7 @@ class _Job:
     scale: dict
     units: dict
     target: Any = None           # zarr array or numpy array written into
+    should_stop: Callable[[], bool] | None = None
 
     @property
     def nblocks(self) -> tuple[int, ...]:
@@ -296,6 +301,9 @@ def _predict_slab_once(job: _Job, slab: np.ndarray, block: tuple[int, ...]) -> n
     tile_starts = list(np.ndindex(*[ceil(bl / c) for bl, c in zip(blens, core)]))
     todo = [(s, tuple(min(t * c, e - c) for t, c, e in zip(ts, core, ext))) for s in range(g) for ts in tile_starts]
     for i in range(0, len(todo), job.batch):
+        if i and job.should_stop is not None and job.should_stop():
+            # A group can take minutes on a CPU: a stop request is honoured between batches, not only between groups.
+            raise _Stopped
         batch = todo[i:i + job.batch]
         tiles = np.stack([slab[(s, slice(None)) + tuple(slice(t, t + c + 2 * halo) for t, c in zip(ts, core))]
                           for s, ts in batch])
@@ -408,7 +416,8 @@ def iter_denoise_volume(model: Any, source: Any, destination: str | os.PathLike,
     tile in pixels (default from the model and the free memory: device memory on CUDA); ``halo``: pixels of
     context per side (default the model's receptive radius; a smaller one makes the result depend on the tiling);
     ``batch_size``: tiles per network call. A device out-of-memory error halves the tile and retries.
-    ``should_stop()`` is polled between chunks: the run then ends cleanly, keeping every chunk written.
+    ``should_stop()`` is polled between chunks and between batches of tiles: the run then ends cleanly, keeping
+    every chunk written (the chunks being computed are dropped). A stopped TIFF run writes nothing.
     """
     from ..model import Model
 
@@ -571,6 +580,7 @@ def iter_denoise_volume(model: Any, source: Any, destination: str | os.PathLike,
         window = prod(c + 2 * halo_px for c in job.core) * prod(ceil(c / k) for c, k in zip(job.chunk, job.core))
         fit = max(1, int(SLAB_BYTES // max(1, window * layout.n_channels * 4 * 2)))
         job.run = max(1, min(in_chunk, fit, layout.sample_shape[-1]))
+    job.should_stop = should_stop
     return _run(job, chunk_log, skipped, should_stop)
 
 
@@ -616,7 +626,11 @@ def _run(job: _Job, chunk_log: ome_zarr.ChunkLog | None, skipped: set[str],
             check_finite(slab, "the input")
             normed = job.model.normalization.apply(slab, channel_axis=1)
             del slab
-            pred = job.model.normalization.invert(_predict_slab(job, normed, block), channel_axis=1)
+            try:
+                pred = job.model.normalization.invert(_predict_slab(job, normed, block), channel_axis=1)
+            except _Stopped:
+                stopped = True
+                break
             del normed
             starts = [b * c for b, c in zip(block, job.chunk)]
             region = tuple(slice(s, s + n) for s, n in zip(starts, pred.shape[2:]))
