@@ -150,3 +150,12 @@ def test_lazy_training_memory_is_bounded(cells2d):
     model = n2x.train(big, "TYX", steps=3, patch_size=32, batch_size=4, seed=0, device="cpu",
                       network={"features": 8}, max_memory=1e6)
     assert model.history["steps"] == 3
+
+
+def test_tiled_prediction_equals_untiled_with_and_without_tta(trained_n2v, cells2d):
+    noisy = cells2d[0][:200, :184]
+    for tta in (False, True):
+        whole = trained_n2v.predict(noisy, "YX", tile=256, tta=tta)
+        tiled = trained_n2v.predict(noisy, "YX", tile=(64, 48), tta=tta)
+        np.testing.assert_allclose(tiled, whole, atol=1e-4)
+    assert not np.allclose(trained_n2v.predict(noisy, "YX", tta=True), trained_n2v.predict(noisy, "YX"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -106,8 +107,13 @@ class Model:
     def device(self) -> torch.device:
         return self._device
 
-    def predict_tiles(self, tiles: np.ndarray, positions: Sequence[tuple[int, ...]] = ()) -> np.ndarray:
-        """Denoise a batch of normalised tiles ``(B, C, *tile)`` on the model's device (float32 numpy back)."""
+    def predict_tiles(self, tiles: np.ndarray, positions: Sequence[tuple[int, ...]] = (), tta: bool = False) -> np.ndarray:
+        """Denoise a batch of normalised tiles ``(B, C, *tile)`` on the model's device (float32 numpy back).
+
+        ``tta`` averages the predictions of the 8 flips and 90-degree rotations in the YX plane (8x the time; tile
+        sizes are multiples of the network's factor, so each transformed tile keeps the pooling grid aligned and the
+        result stays independent of the tiling).
+        """
         independent = self.config["channels"] == "independent"
         b, c = tiles.shape[:2]
         x = tiles.reshape((b * c, 1) + tiles.shape[2:]) if independent and c > 1 else tiles
@@ -118,8 +124,21 @@ class Model:
         net = self.inference_net()
         fmt = memory_format(len(self.spatial))
 
-        def fn(t: torch.Tensor) -> torch.Tensor:
+        def once(t: torch.Tensor) -> torch.Tensor:
             return self.method.predict(net, t.contiguous(memory_format=fmt), tuple(pos))
+
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            if not tta:
+                return once(t)
+            total = None
+            for flip in (False, True):
+                tf = t.flip(-1) if flip else t
+                for k in range(4):
+                    y = once(torch.rot90(tf, k, dims=(-2, -1)))
+                    y = torch.rot90(y, -k, dims=(-2, -1))
+                    y = y.flip(-1) if flip else y
+                    total = y.float() if total is None else total + y.float()
+            return total / 8
 
         y = run_network(fn, x, self._device, autocast_dtype(self._device))
         return y.reshape(tiles.shape[:2] + y.shape[2:]) if independent and c > 1 else y
@@ -127,10 +146,11 @@ class Model:
     def predict(self, array: Any, axes: str | None = None, *, tile: Sequence[int] | int | None = None,
                 batch_size: int | None = None, device: str | torch.device | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+                should_stop: Callable[[], bool] | None = None, tta: bool = False) -> np.ndarray:
         """Denoise an in-memory (numpy or small dask) array; float32 in the input's units, same shape and axes.
 
         ``tile`` is the core tile size along the spatial axes (default chosen from the image and network);
+        ``tta`` averages 8 flipped/rotated predictions (8x slower, usually a few tenths of a dB better);
         ``progress(done, total)`` is called after each sample; when ``should_stop()`` turns true the samples not yet
         denoised are NaN in the result.
         """
@@ -149,7 +169,7 @@ class Model:
             block = layout.read(array, s)
             check_finite(block)
             normed = self.normalization.apply(block, channel_axis=0)
-            pred = predict_image(self.predict_tiles, normed, core, self.halo, self.multiple, bs)
+            pred = predict_image(partial(self.predict_tiles, tta=tta), normed, core, self.halo, self.multiple, bs)
             out[s] = self.normalization.invert(pred, channel_axis=0)
             if progress is not None:
                 progress(s + 1, layout.n_samples)

@@ -8,6 +8,7 @@ time-limited run anneals to the end of its budget instead of being cut mid-sched
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
         steps: int | None = None, seconds: float | None = None, batch_size: int = 16, lr: float = 2e-3,
         seed: int | None = None, should_stop: Callable[[], bool] | None = None,
         preview: Callable[[nn.Module], np.ndarray | None] | None = None, preview_every: float = 2.0,
-        n_validations: int = 20, report_every: float = 0.5, fold_channels: bool = False) -> Generator[TrainProgress, None, tuple[nn.Module, dict]]:
+        n_validations: int = 20, report_every: float = 0.5, fold_channels: bool = False, val_repeats: int = 4) -> Generator[TrainProgress, None, tuple[nn.Module, dict]]:
     """Train ``net`` with ``method``'s loss; exactly one of ``steps`` and ``seconds`` sets the length.
 
     ``fold_channels`` trains a single-channel network on every channel of multichannel patches (channels
@@ -96,10 +97,12 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
 
     def validate() -> float:
         net.eval()
-        vgen = torch.Generator().manual_seed(4242)
         losses, weights = [], []
+        # Several fixed draws of the method's randomness (masks, sub-samplings): a held-out stripe may hold only a
+        # few patches, and one draw makes the loss too noisy to pick the best model by.
         with torch.no_grad():
-            for i in range(0, len(sampler.val_patches[0]), batch_size):
+            for rep, i in itertools.product(range(val_repeats), range(0, len(sampler.val_patches[0]), batch_size)):
+                vgen = torch.Generator().manual_seed(4242 + 1000 * rep + i)
                 batch = tuple(_fold(torch.from_numpy(v[i:i + batch_size]).to(device), fold_channels)
                               for v in sampler.val_patches)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
