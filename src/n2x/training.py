@@ -93,7 +93,8 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
     stopped = False
 
     def fraction() -> float:
-        return step / steps if steps is not None else min(1.0, t_train / seconds)
+        # Wall-clock, validation and previews included: "3 minutes" means 3 minutes.
+        return step / steps if steps is not None else min(1.0, (time.perf_counter() - t0) / seconds)
 
     def validate() -> float:
         net.eval()
@@ -123,7 +124,7 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
             step=step, epoch=step * batch_size / per_epoch, loss=float(np.mean(recent)) if recent else math.nan,
             val_loss=val, best_val_loss=best_val if best_val < math.inf else None,
             elapsed=time.perf_counter() - t0, fraction=fraction(), lr=opt.param_groups[0]["lr"],
-            patches_per_second=step * batch_size / t_train if t_train > 0 else 0.0, total_steps=steps,
+            patches_per_second=step * batch_size / max(time.perf_counter() - t0, 1e-9), total_steps=steps,
             preview=prev, done=done, stopped=stopped, history=history)
 
     try:
@@ -190,9 +191,10 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
     history["best_step"] = best_step
     history["best_val_loss"] = best_val if best_val < math.inf else None
     history["steps"] = step
-    history["train_seconds"] = round(t_train, 3)
+    history["train_seconds"] = round(time.perf_counter() - t0, 3)
+    history["step_seconds"] = round(t_train, 3)
     history["stopped"] = stopped
-    history["patches_per_second"] = step * batch_size / t_train if t_train > 0 else 0.0
+    history["patches_per_second"] = step * batch_size / max(history["train_seconds"], 1e-9)
     net.eval()
     net.to(memory_format=torch.contiguous_format)
     yield report(val, done=True)
