@@ -76,7 +76,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import api
     from .durations import parse_duration
 
-    infos = [_open(p, args.axes) for p in args.images]
+    from .batch import input_paths
+
+    infos = [_open(str(p), args.axes) for p in input_paths(args.images, recursive=args.recursive)]
     axes = infos[0].axes
     if any(i.axes != axes for i in infos):
         raise N2xError("the training images have different axes; give --axes or train on matching files")
@@ -132,8 +134,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_denoise(args: argparse.Namespace) -> int:
     """Denoise one image into an OME-Zarr (``.zarr``: chunk by chunk, any size, resumable) or a TIFF."""
     from . import api
+    from .batch import is_batch_job
     from .inference.volume import iter_denoise_volume
 
+    if is_batch_job(args.inputs, args.output):
+        return cmd_denoise_batch(args)
     if len(args.inputs) != 1:
         raise N2xError("denoise takes one image with -o FILE (folders and several inputs come with batch mode)")
     out = Path(args.output)
@@ -182,6 +187,37 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({'x'.join(map(str, info.data.shape))} {info.axes or model.config.get('axes')}, "
               f"float32; {mpix:.2f} MPix/s{resumed})")
     return 0
+
+
+def cmd_denoise_batch(args: argparse.Namespace) -> int:
+    """Denoise files, globs and folders into the folder ``-o`` (see :mod:`n2x.batch`); exit 1 if some failed."""
+    from .batch import TqdmReporter, run_batch
+
+    tile = args.tile[0] if args.tile and len(args.tile) == 1 else args.tile
+    chunks = args.chunks[0] if args.chunks and len(args.chunks) == 1 else args.chunks
+    bars = TqdmReporter(disable=args.quiet or args.dry_run)
+    try:
+        summary = run_batch(args.model, args.inputs, args.output, recursive=args.recursive, fmt=args.format,
+                            overwrite=args.overwrite, dry_run=args.dry_run, scheduler=args.scheduler,
+                            workers=args.workers, axes=args.axes, level=args.level, tile=tile,
+                            batch_size=args.batch, chunks=chunks, ngff_version=args.ngff, device=args.device,
+                            on_event=bars)
+    except KeyboardInterrupt:
+        bars.close()
+        print(f"n2x: interrupted; finished files are recorded in {Path(args.output) / 'n2x-summary.json'}; "
+              "run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    bars.close()
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    elif not args.quiet:
+        print(summary.table())
+        if summary.summary_path is not None:
+            print(f"summary: {summary.summary_path}")
+    else:
+        for r in summary.failed:
+            print(f"n2x: {r.file}: failed: {r.reason}", file=sys.stderr)
+    return summary.exit_code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -239,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a denoiser on noisy images")
-    p.add_argument("images", nargs="+", help="noisy image file(s): TIFF, OME-TIFF, zarr, OME-Zarr")
+    p.add_argument("images", nargs="+", help="noisy image file(s), glob patterns or folders: TIFF, OME-TIFF, "
+                   "zarr, OME-Zarr (one model is trained on patches drawn from all of them)")
+    p.add_argument("--recursive", action="store_true", help="look for images in sub-folders of folder inputs too")
     p.add_argument("-o", "--output", required=True, help="model file to write (.n2x)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -248,9 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("denoise", help="denoise images with a trained model")
     p.add_argument("model", help="model file (.n2x)")
-    p.add_argument("inputs", nargs="+", help="image file(s)")
+    p.add_argument("inputs", nargs="+", help="image file(s), glob patterns or folders (TIFF, OME-TIFF, zarr, "
+                   "OME-Zarr); several, a folder or a pattern mean batch mode into the folder -o")
     p.add_argument("-o", "--output", required=True,
-                   help="output: .ome.zarr / .zarr (OME-Zarr, any size, resumable) or .tif / .tiff")
+                   help="output: .ome.zarr / .zarr (OME-Zarr, any size, resumable) or .tif / .tiff for one input; "
+                   "a folder in batch mode")
+    batch = p.add_argument_group("batch mode (several inputs, folders, patterns; -o a folder)")
+    batch.add_argument("--recursive", action="store_true", help="look for images in sub-folders of folder inputs")
+    batch.add_argument("--format", choices=("auto", "tiff", "zarr"), default="auto",
+                       help="output format per file: auto (OME-Zarr above 256 MiB of float32 result, else TIFF)")
+    batch.add_argument("--dry-run", action="store_true", help="list what would be done, write nothing")
+    batch.add_argument("--scheduler", metavar="ADDRESS",
+                       help="address of an existing dask scheduler (e.g. tcp://head:8786) to run the files on")
+    batch.add_argument("--workers", type=int, help="local worker processes (default: sized to the machine, one per "
+                       "GPU; 1 runs in this process)")
+    batch.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
     p.add_argument("--tile", type=int, nargs="+", help="core tile size (one value or one per spatial axis; "
                    "default from the model and the free memory)")

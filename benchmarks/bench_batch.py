@@ -1,0 +1,123 @@
+"""Batch throughput: files per minute and MPix/s of ``n2x.batch.run_batch`` with 1 and 2 workers, next to a plain
+sequential loop over ``n2x.denoise`` + ``tifffile.imwrite`` on the same files, in one run on one machine.
+
+    python benchmarks/bench_batch.py                       # 20 files of 1024 x 1024 uint16, workers 1 and 2
+    python benchmarks/bench_batch.py --size 512 --files 10 # smaller, for a busy machine
+
+The files are generated deterministically (smooth structure plus Poisson-Gaussian noise, uint16). The model is the
+default N2V network trained for a few steps only: throughput does not depend on how well it is trained. Times are
+wall-clock for the whole job, including (for 2 workers) starting the local dask cluster and its worker processes,
+whose fixed cost is also measured on its own and printed. ``--json PATH`` appends the figures as one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+
+def make_files(folder: Path, n: int, size: int) -> list[Path]:
+    """``n`` noisy uint16 images of ``size`` x ``size`` pixels (seeded, so every run sees the same data)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.meshgrid(np.linspace(0, 12, size), np.linspace(0, 12, size), indexing="ij")
+    paths = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        clean = 200 + 150 * (np.sin(yy + i) * np.cos(xx - i)) ** 2
+        noisy = rng.poisson(clean) + rng.normal(0, 5, clean.shape)
+        p = folder / f"img_{i:03d}.tif"
+        tifffile.imwrite(p, np.clip(noisy, 0, 65535).astype(np.uint16), imagej=True,
+                         resolution=(1 / 0.1, 1 / 0.1), metadata={"unit": "um"})
+        paths.append(p)
+    return paths
+
+
+def cluster_startup_seconds(n_workers: int) -> float:
+    """Seconds to start and stop a local cluster of ``n_workers`` processes (the fixed cost of a distributed run)."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    t0 = time.perf_counter()
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        # Importing torch and n2x on the workers is part of the cost a real run pays.
+        client.run(lambda: __import__("n2x.batch"))
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=20)
+    ap.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--keep", help="folder to keep the data and outputs in (default: a temporary folder)")
+    ap.add_argument("--json", help="append the results as one JSON line to this file")
+    args = ap.parse_args()
+
+    import torch
+
+    import n2x
+    from n2x.batch import run_batch
+
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="n2x-bench-batch-"))
+    try:
+        data = root / "data"
+        files = make_files(data, args.files, args.size)
+        mpix = args.files * args.size * args.size / 1e6
+        model = n2x.train(tifffile.imread(files[0]), "YX", "n2v", steps=3, patch_size=64, device="cpu", seed=0)
+        model_path = model.save(root / "model.n2x")
+        rows = []
+
+        def row(name: str, seconds: float, note: str = "") -> None:
+            rows.append({"mode": name, "seconds": round(seconds, 2), "files_per_min": round(60 * args.files / seconds, 1),
+                         "mpix_per_s": round(mpix / seconds, 3), "note": note})
+            r = rows[-1]
+            print(f"{name:<28} {seconds:8.1f} s  {r['files_per_min']:7.1f} files/min  {r['mpix_per_s']:7.3f} MPix/s"
+                  f"  {note}", flush=True)
+
+        print(f"{args.files} files of {args.size} x {args.size} uint16 ({mpix:.1f} MPix), default N2V network, "
+              f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+        # 1. the plain loop a user would write
+        seq_out = root / "sequential"
+        seq_out.mkdir()
+        loaded = n2x.load_model(model_path, device="cpu")
+        t0 = time.perf_counter()
+        for p in files:
+            tifffile.imwrite(seq_out / p.name, n2x.denoise(loaded, tifffile.imread(p), "YX"))
+        row("sequential n2x.denoise loop", time.perf_counter() - t0)
+        reference = tifffile.imread(seq_out / files[-1].name)
+
+        # 2. the batch engine
+        for w in args.workers:
+            out = root / f"batch_{w}"
+            t0 = time.perf_counter()
+            summary = run_batch(model_path, [data], out, workers=w, device="cpu")
+            seconds = time.perf_counter() - t0
+            assert summary.exit_code == 0, summary.table()
+            diff = float(np.abs(tifffile.imread(out / files[-1].name) - reference).max())
+            row(f"n2x batch, {w} worker(s)", seconds,
+                ("in process" if w == 1 else "local dask cluster") + f"; max |diff| vs loop {diff:.1e}")
+        startup = {w: round(cluster_startup_seconds(w), 2) for w in args.workers if w > 1}
+        for w, s in startup.items():
+            print(f"(local cluster of {w} workers: {s:.1f} s to start, import n2x on the workers and stop)")
+        if args.json:
+            with open(args.json, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"benchmark": "batch", "files": args.files, "size": args.size,
+                                    "machine": platform.node(), "cores": os.cpu_count(), "rows": rows,
+                                    "cluster_startup_s": startup}) + "\n")
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
