@@ -635,10 +635,17 @@ def _worker_device(device: str, worker_name: Any) -> str:
 def _denoise_task(spec: dict[str, Any], blob: dict[str, Any], topic: str | None,
                   torch_threads: int | None) -> dict[str, Any]:
     """One file on a dask worker: set torch's threads, get the model, denoise, send progress as worker events."""
+    import dask
     import torch
     from distributed import get_worker
 
     worker = get_worker()
+    # Inside a task, a dask compute without an explicit scheduler goes to the worker's client, i.e. ships the
+    # graph of the lazily opened input to the scheduler (a TIFF's store cannot even be serialised). Reading an input
+    # belongs on this worker: its local threads. Set for the worker process (not a context manager, which concurrent
+    # tasks of a multi-threaded worker would undo under each other); it only changes where computes inside tasks run.
+    if dask.config.get("scheduler", None) != "threads":
+        dask.config.set(scheduler="threads")
     if not torch_threads:
         # On a cluster we did not start: the cores this process may use, shared by the worker's task threads.
         try:
@@ -820,22 +827,26 @@ def run_batch(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
         return summary
 
     journal = _Journal(summary, dict(_read_summary(outdir).get("outputs", {})), plan)
-    emit(BatchEvent("start", total=len(plan), workers=summary.workers))
-    for item in plan:
-        if item.action in ("skip", "fail"):
-            res = item.result("skipped" if item.action == "skip" else "failed",
-                              reason="finished by an earlier run" if item.action == "skip" else item.reason)
-            journal.record(item, res)
-            emit(BatchEvent("done", item.index, item.file, result=res))
     options = {"axes": axes, "level": level, "tile": tile, "batch_size": batch_size, "chunks": chunks,
                "ngff_version": ngff_version, "device": device}
+    client = cluster = None
+    if todo and (scheduler or n_workers > 1):
+        # Connect (or start the local cluster) before anything is written: a wrong address is a job error.
+        client, cluster = _connect(scheduler, n_workers)
+        summary.workers = len(client.scheduler_info().get("workers", {})) or max(1, n_workers)
     try:
+        emit(BatchEvent("start", total=len(plan), workers=summary.workers))
+        for item in plan:
+            if item.action in ("skip", "fail"):
+                res = item.result("skipped" if item.action == "skip" else "failed",
+                                  reason="finished by an earlier run" if item.action == "skip" else item.reason)
+                journal.record(item, res)
+                emit(BatchEvent("done", item.index, item.file, result=res))
         if todo:
             outdir.mkdir(parents=True, exist_ok=True)
             journal.mark_pending(todo)
-            if scheduler or n_workers > 1:
-                summary.workers = _run_distributed(todo, model_path, options, scheduler, n_workers, torch_threads,
-                                                   journal, emit)
+            if client is not None:
+                _run_distributed(client, todo, model_path, options, torch_threads, journal, emit)
             else:
                 net.to(device)
                 _run_here(todo, net, options, journal, emit)
@@ -843,6 +854,10 @@ def run_batch(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
         summary.interrupted = True
         raise
     finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
         for item in plan:
             if item.index not in journal.done:
                 journal.done[item.index] = item.result(
@@ -865,36 +880,35 @@ def _run_here(todo: Sequence[PlanItem], model: Any, options: dict[str, Any], jou
         emit(BatchEvent("done", item.index, item.file, result=res))
 
 
-def _run_distributed(todo: Sequence[PlanItem], model_path: Path, options: dict[str, Any], scheduler: str | None,
-                     n_workers: int, torch_threads: int | None, journal: _Journal,
-                     emit: Callable[[BatchEvent], None]) -> int:
-    """One dask task per file on a local cluster of ``n_workers`` processes or on the cluster at ``scheduler``.
+def _connect(scheduler: str | None, n_workers: int) -> tuple[Any, Any]:
+    """A dask client of the cluster at ``scheduler``, or of a new local cluster of ``n_workers`` processes."""
+    from distributed import Client, LocalCluster
 
-    Progress comes back as worker events (``Worker.log_event`` -> ``Client.subscribe_topic``): batched with the
-    worker's other messages, no extra scheduler state; the main thread drains them while waiting for results.
-    Returns the number of workers used.
-    """
-    from distributed import Client, LocalCluster, as_completed
-
-    cluster = None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except (OSError, TimeoutError) as exc:
+            raise N2xError(f"cannot connect to the dask scheduler at {scheduler} ({exc}); check the address and "
+                           "that the scheduler is running") from None
     try:
-        if scheduler:
-            try:
-                client = Client(scheduler, timeout="30s")
-            except (OSError, TimeoutError) as exc:
-                raise N2xError(f"cannot connect to the dask scheduler at {scheduler} ({exc}); check the address "
-                               "and that the scheduler is running") from None
-        else:
-            # One task thread per worker: torch's own threads use the cores; the dashboard is off (no port clash).
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR)
-            client = Client(cluster)
-    except N2xError:
-        raise
+        # One task thread per worker: torch's own threads use the cores; the dashboard is off (no port clash).
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+        return Client(cluster), cluster
     except Exception as exc:
         raise N2xError(f"cannot start a local dask cluster ({type(exc).__name__}: {exc}); "
                        "use --workers 1 to run in this process") from None
-    n = len(client.scheduler_info().get("workers", {})) or n_workers
+
+
+def _run_distributed(client: Any, todo: Sequence[PlanItem], model_path: Path, options: dict[str, Any],
+                     torch_threads: int | None, journal: _Journal, emit: Callable[[BatchEvent], None]) -> None:
+    """One dask task per file through ``client``.
+
+    Progress comes back as worker events (``Worker.log_event`` -> ``Client.subscribe_topic``): batched with the
+    worker's other messages, no extra scheduler state; the main thread drains them while waiting for results.
+    """
+    from distributed import as_completed
+
     events: queue.Queue = queue.Queue()
     topic = f"n2x-batch-{uuid.uuid4().hex}"
     futures: dict[Any, PlanItem] = {}
@@ -944,10 +958,6 @@ def _run_distributed(todo: Sequence[PlanItem], model_path: Path, options: dict[s
             client.unsubscribe_topic(topic)
         except Exception:
             pass
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    return n
 
 
 # -- progress bars for the command line -----------------------------------------------------------------------------
