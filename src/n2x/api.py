@@ -13,6 +13,7 @@ import torch
 from ._version import __version__
 from .data.axes import Layout, check_dtype, make_layout
 from .data.patches import PatchSampler
+from .data.probe import NoiseReport, probe_noise
 from .device import select_device
 from .durations import parse_duration
 from .errors import InputError, N2xError
@@ -52,11 +53,12 @@ def _as_list(images: Any) -> list:
     return [images]
 
 
-def _default_patch(layouts: list[Layout], multiple: int) -> tuple[int, ...]:
+def _default_patch(layouts: list[Layout], multiple: int,
+                   preferred: dict[int, tuple[int, ...]] | None = None) -> tuple[int, ...]:
     nd = layouts[0].ndim_spatial
     smallest = [min(lay.spatial_shape[d] for lay in layouts) for d in range(nd)]
     patch = []
-    for want, have in zip(DEFAULT_PATCH[nd], smallest):
+    for want, have in zip((preferred or {}).get(nd, DEFAULT_PATCH[nd]), smallest):
         p = min(want, (have // multiple) * multiple)
         if p < multiple:
             raise InputError(f"the image (spatial shape {tuple(smallest)}) is too small to train on: each spatial "
@@ -105,6 +107,11 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     images = _as_list(images)
     if not images:
         raise InputError("no training images were given")
+    try:
+        meth = get_method(method, **method_options)
+    except (TypeError, ValueError) as exc:
+        raise N2xError(f"invalid option for method {method!r}: {exc}") from None
+    dims = meth.spatial_dims(dims, pairs=pairs, along=along)  # e.g. AP-BSN is 2D: Z planes become samples
     layouts = []
     for i, img in enumerate(images):
         if not hasattr(img, "shape") or not hasattr(img, "dtype"):
@@ -114,10 +121,6 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     n_ch = layouts[0].n_channels
     if any(lay.n_channels != n_ch for lay in layouts):
         raise InputError("all training images must have the same number of channels")
-    try:
-        meth = get_method(method, **method_options)
-    except (TypeError, ValueError) as exc:
-        raise N2xError(f"invalid option for method {method!r}: {exc}") from None
     ndim = layouts[0].ndim_spatial
     net_channels = 1 if channels == "independent" else n_ch
     net_cfg = meth.network_config(ndim, net_channels, network)
@@ -126,7 +129,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     net = meth.build_network(net_cfg)
     multiple = meth.multiple(net)
     if patch_size is None:
-        patch = _default_patch(layouts, multiple)
+        patch = _default_patch(layouts, multiple, meth.default_patch)
     else:
         patch = (int(patch_size),) * ndim if isinstance(patch_size, (int, np.integer)) else tuple(map(int, patch_size))
         if len(patch) != ndim:

@@ -255,6 +255,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Measure an image's noise level and correlation and print the recommended method."""
+    from . import api
+
+    info = _open(args.image, args.axes)
+    report = api.probe_noise(info.data, info.axes)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary())
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from . import api
 
@@ -323,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="folder to write the sample, its denoised version and the model into")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("probe", help="measure the noise of an image and recommend a method (n2v or apbsn)")
+    p.add_argument("image", help="image file: TIFF, OME-TIFF, zarr, OME-Zarr")
+    p.add_argument("--axes", help="axes of the image, e.g. YX, ZYX, TYX, CYX (default: from the file)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("info", help="show what a model file holds")
     p.add_argument("model")

@@ -20,11 +20,19 @@ class Method:
     name: ClassVar[str] = "base"
     #: how many aligned arrays each training patch needs (1: the noisy image; 2: input and independent target)
     n_stacks: ClassVar[int] = 1
+    #: preferred training patch shape by number of spatial dims (None: the engine's default)
+    default_patch: ClassVar[dict[int, tuple[int, ...]] | None] = None
 
     def __init__(self, **params: Any):
         self.params = dict(params)
 
     # -- network ---------------------------------------------------------------------------------------------
+    def spatial_dims(self, requested: int | None, **options: Any) -> int | None:
+        """The network's spatial dimensionality (2 or 3) given the user's ``dims`` and data options (``pairs``,
+        ``along``...); ``None`` lets the data decide (3 when there is a Z axis). Methods with a fixed
+        dimensionality override this and raise :class:`~n2x.errors.N2xError` on a contradictory request."""
+        return requested
+
     def network_config(self, ndim: int, channels: int, overrides: dict | None = None) -> dict:
         """The ``{"name": ..., **kwargs}`` of the default network for ``ndim`` spatial dims and ``channels``."""
         cfg = {"name": "unet", "ndim": ndim, "in_channels": channels, "out_channels": channels,
