@@ -58,7 +58,7 @@ def test_errors_are_one_line(tmp_path, args, message):
 
 
 def test_demo_reports_psnr_gain(tmp_path):
-    proc = run("demo", "--time", "12s", "--device", "cpu", "-q", "-o", tmp_path)
+    proc = run("demo", "--steps", "60", "--device", "cpu", "-q", "-o", tmp_path)
     line = [l for l in proc.stdout.splitlines() if "gain" in l][0]
     gain = float(line.split("gain")[1].split("dB")[0])
     assert gain > 1.0

@@ -229,14 +229,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .durations import parse_duration
 
     noisy, clean, axes = noisy_sample("2d", "pg", seed=0)
-    seconds = parse_duration(args.time)
+    seconds = parse_duration(args.time) if args.steps is None else None
+    total = float(args.steps) if args.steps is not None else seconds
 
     def psnr(x: np.ndarray) -> float:
         return float(10 * np.log10(1.0 / np.mean((x - clean) ** 2)))
 
-    bar = _progress_bar(seconds, f"train {args.method} on the built-in sample", args.quiet)
-    model = api.train(noisy, axes, args.method, time=seconds, seed=0, device=args.device,
-                      callback=lambda pr: (setattr(bar, "n", min(seconds, pr.fraction * seconds)), bar.refresh()))
+    bar = _progress_bar(total, f"train {args.method} on the built-in sample", args.quiet,
+                        unit=" steps" if args.steps is not None else "s")
+    model = api.train(noisy, axes, args.method, time=seconds, steps=args.steps, seed=0, device=args.device,
+                      callback=lambda pr: (setattr(bar, "n", min(total, pr.fraction * total)), bar.refresh()))
     bar.close()
     denoised = api.denoise(model, noisy)
     before, after = psnr(noisy), psnr(denoised)
@@ -332,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train and denoise the built-in sample and report the PSNR gain")
     p.add_argument("--method", default="n2v")
     p.add_argument("--time", default="60s", help="training time (default 60s)")
+    p.add_argument("--steps", type=int, help="train for this many steps instead of a time")
     p.add_argument("--device", default="auto")
     p.add_argument("-o", "--output", help="folder to write the sample, its denoised version and the model into")
     p.add_argument("-q", "--quiet", action="store_true")
