@@ -83,7 +83,7 @@ def _data_hash(images: list, layouts: list[Layout]) -> str:
 def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
                time: str | float | None = None, steps: int | None = None, epochs: float | None = None,
                patch_size: Sequence[int] | int | None = None, batch_size: int = 16,
-               learning_rate: float = 2e-3, network: dict | None = None, channels: str = "independent",
+               learning_rate: float = 4e-3, network: dict | None = None, channels: str = "independent",
                dims: int | None = None, normalization: str = "meanstd", val_fraction: float = 0.1,
                max_memory: float = 2e9, device: str | torch.device | None = "auto", seed: int | None = None,
                should_stop: Callable[[], bool] | None = None,

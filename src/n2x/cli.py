@@ -28,7 +28,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     length.add_argument("--epochs", type=float, help="passes over the training pixels")
     p.add_argument("--patch", type=int, nargs="+", help="patch size, one value or one per spatial axis")
     p.add_argument("--batch", type=int, default=16, help="patches per step (default 16)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--lr", type=float, default=4e-3, help="peak learning rate (default 4e-3)")
     p.add_argument("--channels", choices=("independent", "joint"), default="independent")
     p.add_argument("--dims", type=int, choices=(2, 3), help="2D or 3D network (default: 3D when there is a Z axis)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")

@@ -66,7 +66,8 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
         steps: int | None = None, seconds: float | None = None, batch_size: int = 16, lr: float = 2e-3,
         seed: int | None = None, should_stop: Callable[[], bool] | None = None,
         preview: Callable[[nn.Module], np.ndarray | None] | None = None, preview_every: float = 2.0,
-        n_validations: int = 20, report_every: float = 0.5, fold_channels: bool = False, val_repeats: int = 4) -> Generator[TrainProgress, None, tuple[nn.Module, dict]]:
+        n_validations: int = 20, report_every: float = 0.5, fold_channels: bool = False, val_repeats: int = 4,
+        final_margin: float = 0.01) -> Generator[TrainProgress, None, tuple[nn.Module, dict]]:
     """Train ``net`` with ``method``'s loss; exactly one of ``steps`` and ``seconds`` sets the length.
 
     ``fold_channels`` trains a single-channel network on every channel of multichannel patches (channels
@@ -184,7 +185,10 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
         history["val_step"].append(step)
         history["val_loss"].append(val)
         history["val_elapsed"].append(round(time.perf_counter() - t0, 3))
-        if val <= best_val or best_state is None:
+        # A run that reached its end has annealed its learning rate: its final weights are kept unless an earlier
+        # checkpoint validated clearly better (overfitting), not by the noise of a small validation set.
+        margin = 1.0 if stopped else 1.0 + final_margin
+        if val <= best_val * margin or best_state is None:
             best_val, best_step, best_state = val, step, None
     if best_state is not None:
         net.load_state_dict(best_state)

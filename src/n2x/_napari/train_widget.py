@@ -49,7 +49,7 @@ N2N_PAIRS = {
     "even-odd": "even / odd frames",
 }
 LENGTH_UNITS = {"minutes": 3.0, "seconds": 180.0, "steps": 1000.0, "epochs": 20.0}
-NETWORK_DEFAULTS = {"features": 32, "depth": 2}
+NETWORK_DEFAULTS = {"features": 16, "depth": 2}  # the engine's U-Net defaults (methods/base.py)
 
 
 class PreviewRegion:
@@ -297,7 +297,7 @@ class TrainWidget(QWidget):
         adv = QWidget()
         form = QFormLayout(adv)
         form.setContentsMargins(0, 0, 0, 0)
-        self.lr_spin = _spin(1e-5, 1.0, 2e-3, 1e-4, 5, "Peak learning rate (warm-up, then cosine decay)")
+        self.lr_spin = _spin(1e-5, 1.0, 4e-3, 1e-4, 5, "Peak learning rate (warm-up, then cosine decay)")
         form.addRow("Learning rate", self.lr_spin)
         self.features_spin = _spin(4, 256, NETWORK_DEFAULTS["features"], 4, tip="Feature maps in the first "
                                    "network level; fewer is faster, more can be more accurate")
