@@ -10,6 +10,7 @@ from typing import Any, Callable, Generator, Sequence
 import numpy as np
 import torch
 
+from ._progress import drain
 from ._version import __version__
 from .data.axes import Layout, check_dtype, make_layout
 from .data.patches import PatchSampler
@@ -208,11 +209,4 @@ def train(images: Any, axes: str | None = None, method: str = "n2v", *,
 
     Takes the same arguments as :func:`train_iter`.
     """
-    gen = train_iter(images, axes, method, **kwargs)
-    while True:
-        try:
-            progress = next(gen)
-        except StopIteration as done:
-            return done.value
-        if callback is not None:
-            callback(progress)
+    return drain(train_iter(images, axes, method, **kwargs), callback)

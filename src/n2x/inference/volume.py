@@ -30,6 +30,7 @@ from typing import Any, Callable, Generator, Iterator, Sequence
 
 import numpy as np
 
+from .._progress import drain
 from .._version import __version__
 from ..data.axes import Layout, check_dtype, check_finite, make_layout
 from ..errors import InputError, N2xError, OutputExistsError
@@ -685,11 +686,5 @@ def denoise_volume(model: Any, source: Any, destination: str | os.PathLike, axes
     Takes the arguments of :func:`iter_denoise_volume`; ``progress(done, total)`` is called as chunks finish
     (``done`` counts chunks finished by earlier, interrupted runs too). Running it again after a crash resumes.
     """
-    gen = iter_denoise_volume(model, source, destination, axes, **kwargs)
-    while True:
-        try:
-            pr = next(gen)
-        except StopIteration as end:
-            return end.value
-        if progress is not None:
-            progress(pr.done, pr.total)
+    report = (lambda pr: progress(pr.done, pr.total)) if progress is not None else None
+    return drain(iter_denoise_volume(model, source, destination, axes, **kwargs), report)
