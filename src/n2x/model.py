@@ -160,7 +160,9 @@ class Model:
         if device is not None:
             self.to(device)
         core = self._core(layout, tile)
-        bs = batch_size or tiles_per_batch(core, self.halo, 1, self.config["network"].get("features", 32), 1.5e9)
+        # One large tile at a time on a CPU (cache-friendly); a GPU wants a few.
+        budget = 4e8 if self._device.type == "cpu" else 2e9
+        bs = batch_size or tiles_per_batch(core, self.halo, 1, self.config["network"].get("features", 32), budget)
         # NaN marks samples not reached when ``should_stop`` ends the run early.
         out = np.full((layout.n_samples, layout.n_channels) + layout.spatial_shape, np.nan, np.float32)
         for s in range(layout.n_samples):

@@ -1,11 +1,10 @@
 """Denoising volumes larger than memory: lazy input, chunked halo tiling, OME-Zarr output that resumes after a crash.
 
 The output is cut into chunks on a grid that starts at 0 and whose spatial chunk sizes are multiples of the
-network's downsampling factor. Every output chunk is computed from its input window ``[start - halo, end + halo)``
-(plus the end padding up to the tile grid), mirror-padded at the image borders exactly like ``np.pad(...,
-"reflect")`` of the whole image. A pixel's output therefore sees exactly the context it sees in
-:meth:`n2x.Model.predict`, so the result equals the in-memory prediction (float32 rounding aside) whatever the chunk
-and tile sizes.
+network's downsampling factor. Every output chunk is computed from its input window ``[start - halo, end + halo)``,
+clipped at the image borders (and zero-padded past the image end up to the network's multiple), with the tiling of
+:func:`n2x.inference.tiling.predict_region` — the same as :meth:`n2x.Model.predict`, so the result equals the
+in-memory prediction (float32 rounding aside) whatever the chunk and tile sizes.
 
 Only the chunks in flight are in memory: the one being computed, the next one being read (in a thread) and those
 being written (in another thread, at most a few). Peak memory depends on the chunk and tile sizes, not on the volume.
@@ -35,7 +34,8 @@ from .._version import __version__
 from ..data.axes import Layout, check_dtype, check_finite, make_layout
 from ..errors import InputError, N2xError, OutputExistsError
 from ..io import ome_zarr
-from .tiling import default_tile, round_up, tiles_per_batch
+from .tiling import (Stopped, default_tile, pad_to_window, predict_region, region_window, round_up,
+                     tiles_per_batch)
 
 log = logging.getLogger("n2x")
 
@@ -73,20 +73,6 @@ class VolumeProgress:
 
 
 # -- geometry ------------------------------------------------------------------------------------------------------
-def mirror_index(start: int, stop: int, n: int) -> np.ndarray:
-    """Indices into an axis of length ``n`` of positions ``start..stop-1`` of its mirror extension.
-
-    Equals what ``np.pad(mode="reflect")`` puts there, for pads of any length (the extension is periodic with
-    period ``2 (n - 1)``, the edge pixel not repeated).
-    """
-    i = np.arange(start, stop)
-    if n == 1:
-        return np.zeros_like(i)
-    period = 2 * (n - 1)
-    i = np.mod(i, period)
-    return np.where(i >= n, period - i, i)
-
-
 def _core_for_chunk(chunk: Sequence[int], tile: Sequence[int], multiple: int) -> tuple[int, ...]:
     """The largest core tile not above ``tile`` that splits ``chunk`` into equal parts (rounded to ``multiple``)."""
     out = []
@@ -206,22 +192,17 @@ class _Job:
 
 
 def _read_slab(job: _Job, samples: list[int], block: tuple[int, ...]) -> np.ndarray:
-    """Input window of ``block`` for ``samples`` (consecutive on the last sample axis), mirror-padded.
+    """Raw input window of ``block`` for ``samples`` (consecutive on the last sample axis).
 
-    Returns float32 ``(len(samples), C, *window)``; window = ``[start - halo, start + ext + halo)`` per spatial
-    axis, where ``ext`` covers the block with whole core tiles. Only the bounding box of the needed pixels is read.
+    Returns float32 ``(len(samples), C, *window)`` for the part of the window :func:`region_window` asks for that
+    lies inside the image; the rest (past the image end) is zero-padded after normalisation.
     """
     lay = job.layout
     spatial = lay.spatial_shape
-    maps, boxes = [], []
-    for d, (b, c, n) in enumerate(zip(block, job.chunk, spatial)):
-        start = b * c
-        blen = min(c, n - start)
-        ext = ceil(blen / job.core[d]) * job.core[d]
-        idx = mirror_index(start - job.halo, start + ext + job.halo, n)
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        maps.append(idx - lo)
-        boxes.append(slice(lo, hi))
+    starts = [b * c for b, c in zip(block, job.chunk)]
+    stops = [min(s + c, n) for s, c, n in zip(starts, job.chunk, spatial)]
+    lo, hi = region_window(starts, stops, job.halo, job.model.multiple, spatial)
+    boxes = [slice(a, min(b, n)) for a, b, n in zip(lo, hi, spatial)]
     first = lay.sample_index(samples[0])
     index: list[Any] = []
     for a in lay.axes:
@@ -247,8 +228,7 @@ def _read_slab(job: _Job, samples: list[int], block: tuple[int, ...]) -> np.ndar
         part = part[None]
     if not lay.channel_axis:
         part = part[:, None]
-    part = part[np.ix_(range(part.shape[0]), range(part.shape[1]), *maps)]
-    return part.astype(np.float32, copy=False)
+    return np.ascontiguousarray(part, dtype=np.float32)
 
 
 def _predict_slab(job: _Job, slab: np.ndarray, block: tuple[int, ...]) -> np.ndarray:
@@ -289,34 +269,16 @@ def _free_device_memory(model: Any) -> None:
 
 def _predict_slab_once(job: _Job, slab: np.ndarray, block: tuple[int, ...]) -> np.ndarray:
     spatial = job.layout.spatial_shape
-    core, halo = job.core, job.halo
     starts = [b * c for b, c in zip(block, job.chunk)]
-    blens = [min(c, n - s) for c, n, s in zip(job.chunk, spatial, starts)]
-    # The slab was read for whole core tiles of the core in use when it was read; a smaller core after an
-    # out-of-memory error still tiles it exactly (cores are multiples of the network's factor and only shrink).
-    ext = [w - 2 * halo for w in slab.shape[2:]]
-    g = slab.shape[0]
-    out: np.ndarray | None = None
-    # The last tile of an axis is moved back to end at the slab's end: the slab may have been read for a larger
-    # core. Starts stay multiples of the network's factor (cores and extents are), overlaps write equal values.
-    tile_starts = list(np.ndindex(*[ceil(bl / c) for bl, c in zip(blens, core)]))
-    todo = [(s, tuple(min(t * c, e - c) for t, c, e in zip(ts, core, ext))) for s in range(g) for ts in tile_starts]
-    for i in range(0, len(todo), job.batch):
-        if i and job.should_stop is not None and job.should_stop():
-            # A group can take minutes on a CPU: a stop request is honoured between batches, not only between groups.
-            raise _Stopped
-        batch = todo[i:i + job.batch]
-        tiles = np.stack([slab[(s, slice(None)) + tuple(slice(t, t + c + 2 * halo) for t, c in zip(ts, core))]
-                          for s, ts in batch])
-        positions = [tuple(st + t - halo for st, t in zip(starts, ts)) for _, ts in batch]
-        res = job.model.predict_tiles(tiles, positions)
-        if out is None:
-            out = np.empty((g, res.shape[1]) + tuple(ext), np.float32)
-        for (s, ts), r in zip(batch, res):
-            out[(s, slice(None)) + tuple(slice(t, t + c) for t, c in zip(ts, core))] = \
-                r[(slice(None),) + tuple(slice(halo, halo + c) for c in core)]
-    assert out is not None
-    return out[(slice(None), slice(None)) + tuple(slice(0, bl) for bl in blens)]
+    stops = [min(s + c, n) for s, c, n in zip(starts, job.chunk, spatial)]
+    lo, hi = region_window(starts, stops, job.halo, job.model.multiple, spatial)
+    buf = pad_to_window(slab, [b - a for a, b in zip(lo, hi)])
+    try:
+        return predict_region(job.model.predict_tiles, buf, lo, spatial, starts, stops, job.core, job.halo,
+                              job.model.multiple, job.batch, job.should_stop)
+    except Stopped:
+        # A group can take minutes on a CPU: a stop request is honoured between batches, not only between groups.
+        raise _Stopped from None
 
 
 def _put(target: Any, axes: str, spatial: str, pos: dict[str, int], region: Sequence[slice],
@@ -578,7 +540,7 @@ def iter_denoise_volume(model: Any, source: Any, destination: str | os.PathLike,
         chunksize = getattr(data, "chunksize", None) or getattr(data, "chunks", None)
         if chunksize is not None and len(chunksize) == len(layout.shape) and isinstance(chunksize[0], (int, np.integer)):
             in_chunk = int(chunksize[layout.axes.index(layout.sample_axes[-1])])
-        window = prod(c + 2 * halo_px for c in job.core) * prod(ceil(c / k) for c, k in zip(job.chunk, job.core))
+        window = prod(c + 2 * halo_px for c in job.chunk)
         fit = max(1, int(SLAB_BYTES // max(1, window * layout.n_channels * 4 * 2)))
         job.run = max(1, min(in_chunk, fit, layout.sample_shape[-1]))
     job.should_stop = should_stop

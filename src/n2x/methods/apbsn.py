@@ -59,7 +59,7 @@ def r3_mask(origins: torch.Tensor, shape: tuple[int, int], pass_index: int, frac
     """
     h, w = shape
     dev = origins.device
-    # Offset keeps coordinates positive (mirror padding gives tiles small negative origins).
+    # Offset keeps the hashed coordinates positive whatever origins a caller passes.
     y = origins[:, 0, None, None] + torch.arange(h, device=dev)[None, :, None] + (1 << 20)
     x = origins[:, 1, None, None] + torch.arange(w, device=dev)[None, None, :] + (1 << 20)
     m32 = 0xFFFFFFFF
