@@ -313,3 +313,23 @@ def test_denoise_widget_file_to_ome_zarr(qtbot, make_napari_viewer, models, tmp_
     np.testing.assert_allclose(np.asarray(out.data), n2x.denoise(model, cells), rtol=1e-3, atol=1e-3)
     assert (tmp_path / "out.ome.zarr").exists()
     np.testing.assert_array_equal(tifffile.imread(src), cells)  # the input file is untouched
+
+
+def test_ome_zarr_output_opens_with_its_scale_and_origin(make_napari_viewer, tmp_path):
+    import tifffile
+
+    img = np.random.default_rng(0).random((4, 48, 40)).astype(np.float32)
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, img, imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata={"axes": "ZYX", "spacing": 2.0})
+    model = n2x.train(img, "ZYX", steps=2, dims=2, patch_size=32, batch_size=2, device="cpu", network={"features": 4})
+    out = n2x.denoise_volume(model, str(src), tmp_path / "out.ome.zarr")
+
+    from n2x._napari.reader import get_ome_zarr_reader
+
+    assert get_ome_zarr_reader(str(src)) is None
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(out), plugin="napari-n2x")
+    assert len(layers) == 1
+    layer = layers[0]
+    np.testing.assert_allclose(layer.scale, [2.0, 0.5, 0.5])
+    np.testing.assert_allclose(np.asarray(layer.data), model.predict(img, "ZYX"), rtol=1e-4, atol=1e-4)

@@ -44,3 +44,50 @@ def _show_denoise_widget(model_name: str) -> None:
             widget.select_model(model_name)
     except Exception:  # noqa: BLE001 - the model is listed either way; showing the widget is a convenience
         pass
+
+
+def get_ome_zarr_reader(path: str | list[str]) -> Callable[[Any], list] | None:
+    """npe2 reader contribution: OME-Zarr images (n2x outputs among them) with their physical scale and origin.
+
+    napari's built-in zarr reader ignores the OME-NGFF scale and translation, which would show a denoised volume
+    rescaled against its input; this one keeps them. Returns None for anything that is not OME-Zarr.
+    """
+    if not isinstance(path, (str, Path)):
+        return None
+    from ..errors import N2xError
+    from ..io.images import is_zarr_path, open_image
+
+    if not is_zarr_path(path):
+        return None
+    try:
+        info = open_image(path)
+    except N2xError:
+        return None
+    if info.kind != "ome-zarr" or not info.axes:
+        return None
+    return read_ome_zarr
+
+
+def read_ome_zarr(path: str) -> list:
+    """Layer data for an OME-Zarr image: lazy (dask) levels, scale and translation per axis, channels split."""
+    from ..io.images import open_image
+
+    info = open_image(path)
+    n_levels = len(info.extra.get("multiscales", {}).get("datasets", [])) or 1
+    levels = [info.data] + [open_image(path, level=k).data for k in range(1, n_levels)]
+    axes = info.axes
+    shown = [a for a in axes if a != "C"]
+    kwargs: dict[str, Any] = {
+        "name": Path(path).name.removesuffix(".zarr").removesuffix(".ome"),
+        "scale": [info.scale.get(a, 1.0) for a in shown],
+        "translate": [info.translation.get(a, 0.0) for a in shown],
+        "metadata": {"n2x_axes": "".join(shown), "source": str(path)},
+        "multiscale": n_levels > 1,
+    }
+    if info.units.get("X"):
+        kwargs["units"] = [info.units.get(a, "pixel") for a in shown]
+    if "C" in axes:
+        kwargs["channel_axis"] = axes.index("C")
+    if "T" in shown:
+        kwargs["axis_labels"] = list(shown)
+    return [(levels if n_levels > 1 else levels[0], kwargs, "image")]
