@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,15 @@ torch.set_num_threads(2)
 
 def psnr(x: np.ndarray, clean: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((np.asarray(x, np.float64) - clean) ** 2)))
+
+
+def run_cli(*args, check=True, **kwargs):
+    """Run the real ``n2x`` command (as ``python -m n2x.cli``); raise with its output when it fails and ``check``."""
+    proc = subprocess.run([sys.executable, "-m", "n2x.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-
-def run(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "n2x.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from conftest import run_cli as run
 
 
 def test_train_then_denoise_real_tiff(tmp_path, real2d_path):

@@ -1,8 +1,6 @@
 """Chunked, resumable denoising to OME-Zarr (n2x.denoise_volume) against the in-memory prediction."""
 import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -11,6 +9,7 @@ import tifffile
 import zarr
 
 import n2x
+from conftest import run_cli
 from n2x.io.images import open_image
 from n2x.io.ome_zarr import DONE_DIR
 
@@ -303,14 +302,6 @@ def test_napari_builtin_reader_opens_output(tmp_path, model2d):
     image, shape = read_zarr_dataset(str(dest))
     data = image[0] if isinstance(image, list) else image
     assert_close(np.asarray(data), model2d.predict(img, "ZYX"))
-
-
-def run_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "n2x.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def test_cli_denoise_to_ome_zarr_and_resume(tmp_path, model2d, real2d_path):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time as _time
 from datetime import datetime, timezone
 from typing import Any, Callable, Generator, Sequence
 

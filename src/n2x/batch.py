@@ -47,14 +47,14 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from math import prod
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ._version import __version__
-from .errors import InputError, N2xError, OutputExistsError
+from .errors import InputError, N2xError
 
 log = logging.getLogger("n2x")
 

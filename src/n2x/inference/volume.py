@@ -31,7 +31,7 @@ import numpy as np
 
 from .._progress import drain
 from .._version import __version__
-from ..data.axes import Layout, check_dtype, check_finite, make_layout
+from ..data.axes import Layout, check_dtype, check_finite
 from ..errors import InputError, N2xError, OutputExistsError
 from ..io import ome_zarr
 from .tiling import (Stopped, default_tile, pad_to_window, predict_region, region_window, round_up,
