@@ -73,8 +73,7 @@ def train_model(volume: Path, path: Path, steps: int) -> None:
 
     import n2x
 
-    if path.exists():
-        return
+    # Always a fresh model: one left by an earlier run may have another network than today's default.
     torch.set_num_threads(2)
     plane = zarr.open_array(str(volume), mode="r")[0, :512, :512]
     model = n2x.train(plane, "YX", "n2v", steps=steps, patch_size=64, batch_size=16, seed=0, device="cpu")
