@@ -379,10 +379,7 @@ class DenoiseWidget(QWidget):
         load_btn = QPushButton("Load…")
         load_btn.setToolTip("Load a .n2x model file (you can also drop it onto the viewer)")
         load_btn.clicked.connect(self._browse_model)
-        mrow = QHBoxLayout()
-        mrow.addWidget(self.model_combo, 1)
-        mrow.addWidget(load_btn)
-        form.addRow("Model", mrow)
+        form.addRow("Model", _field_with_button(self.model_combo, load_btn))
         self.model_info = hint_label("Train a model in Plugins > n2x > Train, or load a .n2x file.")
         form.addRow(self.model_info)
         root.addWidget(box)
@@ -422,10 +419,7 @@ class DenoiseWidget(QWidget):
         save_btn = QPushButton("…")
         save_btn.setFixedWidth(28)
         save_btn.clicked.connect(self._browse_save)
-        srow = QHBoxLayout()
-        srow.addWidget(self.save_edit, 1)
-        srow.addWidget(save_btn)
-        form.addRow("Save to", srow)
+        form.addRow("Save to", _field_with_button(self.save_edit, save_btn))
         self.overwrite_check = QCheckBox("replace an existing output")
         form.addRow("", self.overwrite_check)
         root.addWidget(box)
@@ -682,6 +676,14 @@ class DenoiseWidget(QWidget):
         else:
             self.progress.setFormat("done")
             self.status.setText("Added: " + ", ".join(layer.name for layer in layers) if layers else "Done.")
+
+
+def _field_with_button(field: Any, button: QPushButton) -> QHBoxLayout:
+    """A form row: the field takes the width, its button sits at the right."""
+    row = QHBoxLayout()
+    row.addWidget(field, 1)
+    row.addWidget(button)
+    return row
 
 
 def _fill_devices(combo: QComboBox) -> None:
