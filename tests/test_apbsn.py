@@ -119,3 +119,18 @@ def test_bad_options_are_clear():
         n2x.train(img, "YX", "apbsn", steps=1, r3_passes=-1)
     with pytest.raises(n2x.N2xError, match="stride_train"):
         n2x.train(img, "YX", "apbsn", steps=1, stride_train=0)
+
+
+def test_auto_stride_follows_the_noise_probe(correlated, tmp_path):
+    noisy, clean = correlated
+    white = (clean + np.random.default_rng(3).normal(0, SIGMA, clean.shape)).astype(np.float32)
+    options = {k: v for k, v in SMALL.items()}
+    corr_model = n2x.train(noisy, "YX", "apbsn", steps=1, r3_passes=1, **options)
+    white_model = n2x.train(white, "YX", "apbsn", steps=1, r3_passes=1, **options)
+    # The 3 x 3 box noise is correlated over 2 pixels: stride 3 is the smallest that decorrelates it.
+    assert corr_model.config["method"]["stride_train"] == 3
+    assert corr_model.config["method"]["stride_probe"]["correlation_length"] == 2
+    assert white_model.config["method"]["stride_train"] == 2
+    back = n2x.load_model(corr_model.save(tmp_path / "auto.n2x"))
+    assert back.config["method"]["stride_train"] == 3
+    np.testing.assert_allclose(back.predict(noisy), corr_model.predict(noisy), atol=1e-5)

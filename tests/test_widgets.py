@@ -158,7 +158,7 @@ def test_train_other_methods(qtbot, train_widget, models, method):
     if method == "n2n":
         widget.pairs_combo.setCurrentIndex(widget.pairs_combo.findData("subsample"))
     if method == "apbsn":
-        widget.stride_train_spin.setValue(2)  # small image: the default stride 5 leaves tiny sub-images
+        widget.stride_train_spin.setValue(2)  # small image: a larger stride leaves tiny sub-images
         widget.r3_spin.setValue(1)
     assert widget.train()
     _wait_idle(qtbot, widget)

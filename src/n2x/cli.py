@@ -45,9 +45,19 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     n2n.add_argument("--along", help="axis along which pairs are formed (T or Z)")
     n2n.add_argument("--loss", choices=("l2", "l1"), help="Noise2Noise loss (default l2)")
     ap = p.add_argument_group("AP-BSN")
-    ap.add_argument("--stride-train", type=int, help="pixel-shuffle stride in training (default 5)")
+    ap.add_argument("--stride-train", type=_stride, help="pixel-shuffle stride in training (default auto: one more "
+                    "than the noise correlation length that the noise probe measures)")
     ap.add_argument("--stride-infer", type=int, help="pixel-shuffle stride at inference (default 2)")
     ap.add_argument("--r3-passes", type=int, help="R3 refinement passes (0 disables; default 8)")
+
+
+def _stride(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', not {text!r}") from None
 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:

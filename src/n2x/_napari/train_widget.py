@@ -259,8 +259,9 @@ class TrainWidget(QWidget):
         self.apbsn_box = QWidget()
         f = QFormLayout(self.apbsn_box)
         f.setContentsMargins(0, 0, 0, 0)
-        self.stride_train_spin = _spin(2, 9, 5, tip="Pixel-shuffle stride in training: larger than the noise "
-                                       "correlation length (Check noise measures it)")
+        self.stride_train_spin = _spin(1, 9, 1, tip="Pixel-shuffle stride in training: larger than the noise "
+                                       "correlation length. auto: measured by the noise check when training starts")
+        self.stride_train_spin.setSpecialValueText("auto")  # the minimum, 1, stands for "auto"
         f.addRow("Stride (training)", self.stride_train_spin)
         self.stride_infer_spin = _spin(1, 9, 2, tip="Pixel-shuffle stride when denoising")
         f.addRow("Stride (denoising)", self.stride_infer_spin)
@@ -477,7 +478,8 @@ class TrainWidget(QWidget):
         current = self.method_combo.currentData()
         follows = rec is None or rec == current or (rec == "n2v" and current in ("n2v", "n2v2", "n2n"))
         if rec == "apbsn" and current == "apbsn" and getattr(report, "stride", None):
-            follows = self.stride_train_spin.value() >= int(report.stride)
+            spin = self.stride_train_spin
+            follows = spin.value() == spin.minimum() or spin.value() >= int(report.stride)
         self.probe_label.setVisible(True)
         set_status(self.probe_label, text, True if follows else None)
         if rec is not None and not follows:
@@ -560,7 +562,8 @@ class TrainWidget(QWidget):
                         raise N2xError(f"pairs of {N2N_PAIRS[pairs]} need a T or Z axis in the axes")
                     kw["along"] = along
         elif method == "apbsn":
-            kw.update(stride_train=self.stride_train_spin.value(), stride_infer=self.stride_infer_spin.value(),
+            spin = self.stride_train_spin
+            kw.update(stride_train="auto" if spin.value() == spin.minimum() else spin.value(), stride_infer=self.stride_infer_spin.value(),
                       r3_passes=self.r3_spin.value())
         return kw
 

@@ -3,12 +3,15 @@
 For spatially correlated noise (camera, sCMOS pattern noise, demosaicked or compressed data), where Noise2Void's
 pixel-independence assumption fails.
 
-- Training: each patch is split by pixel-shuffle downsampling (PD) with ``stride_train`` (default 5) into
+- Training: each patch is split by pixel-shuffle downsampling (PD) with ``stride_train`` into
   ``stride_train ** 2`` sub-images whose neighbouring pixels were ``stride_train`` pixels apart: noise correlated
   over a shorter distance becomes independent. Each sub-image runs through the blind-spot network on its own (the
   network zero-pads every sub-image: the "padding between sub-images" of the paper, with no leakage between them),
   and the loss compares the output with the sub-image itself at every pixel; the blind spot is in the architecture,
-  so no pixel needs masking.
+  so no pixel needs masking. ``stride_train="auto"`` (the default) runs the noise probe on the first training
+  image and takes one more than the noise's correlation length (at least 2): the smallest stride that decorrelates
+  the noise keeps the most detail per sub-image (3 for a 3 x 3 correlation; the paper's fixed 5 is for camera noise
+  of unknown extent). When the probe cannot measure the noise (a tiny or flat image), the paper's 5 is used.
 - Inference: PD with the smaller ``stride_infer`` (default 2) keeps more image detail; then R3 refinement:
   ``r3_passes`` passes in which a fraction ``r3_fraction`` of the pixels of the denoised image is replaced by the
   noisy input and the blind-spot network (without PD) runs on the mix; the passes are averaged. ``r3_passes=0``
@@ -19,6 +22,7 @@ pixel-independence assumption fails.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -71,10 +75,33 @@ def r3_mask(origins: torch.Tensor, shape: tuple[int, int], pass_index: int, frac
     return (k.to(torch.float64) / 2.0 ** 32 < fraction)[:, None]
 
 
+#: the paper's training stride, used when the probe cannot measure the noise
+FALLBACK_STRIDE = 5
+
+
+def auto_stride(image: Any, axes: str) -> tuple[int, dict]:
+    """The training stride for ``image``: one more than the probe's noise correlation length, at least 2.
+
+    Returns the stride and what it was based on (stored in the model file with the method's parameters).
+    """
+    from ..data.probe import probe_noise
+    from ..errors import InputError
+
+    try:
+        report = probe_noise(image, axes)
+    except InputError as exc:
+        warnings.warn(f"AP-BSN: the noise probe could not measure this image ({exc}); training with the "
+                      f"default stride {FALLBACK_STRIDE}", stacklevel=3)
+        return FALLBACK_STRIDE, {"correlation_length": None}
+    stride = min(16, max(2, report.correlation_length + 1))
+    return stride, {"correlation_length": report.correlation_length, "lag1": report.lag1_highpass}
+
+
 class APBSN(Method):
     """AP-BSN on a light two-branch blind-spot network.
 
-    Parameters: ``stride_train`` (PD stride in training, default 5; more than the noise's correlation length),
+    Parameters: ``stride_train`` (PD stride in training: more than the noise's correlation length; default
+    ``"auto"``, from the noise probe of the training data),
     ``stride_infer`` (PD stride at inference, default 2), ``r3_passes`` (R3 refinement passes, default 8, 0 turns
     it off), ``r3_fraction`` (share of pixels taken from the noisy input in each R3 pass, default 0.16), ``loss``
     (``"l2"``, default, the mean for zero-mean noise; ``"l1"`` as in the paper, the median), ``sub_batch`` (sub-images trained on per step, drawn at
@@ -85,10 +112,14 @@ class APBSN(Method):
     name = "apbsn"
     default_patch: ClassVar[dict[int, tuple[int, ...]]] = {2: (120, 120)}
 
-    def __init__(self, stride_train: int = 5, stride_infer: int = 2, r3_passes: int = 8, r3_fraction: float = 0.16,
+    def __init__(self, stride_train: int | str = "auto", stride_infer: int = 2, r3_passes: int = 8, r3_fraction: float = 0.16,
                  loss: str = "l2", sub_batch: int = 16, seed: int = 0, **extra: Any):
-        stride_train, stride_infer, r3_passes = int(stride_train), int(stride_infer), int(r3_passes)
-        if not 1 <= stride_train <= 16:
+        if stride_train is None or str(stride_train).lower() == "auto":
+            stride_train = "auto"
+        else:
+            stride_train = int(stride_train)
+        stride_infer, r3_passes = int(stride_infer), int(r3_passes)
+        if stride_train != "auto" and not 1 <= stride_train <= 16:
             raise ValueError(f"stride_train must be between 1 and 16, not {stride_train}")
         if not 1 <= stride_infer <= 16:
             raise ValueError(f"stride_infer must be between 1 and 16, not {stride_infer}")
@@ -131,6 +162,12 @@ class APBSN(Method):
         return -(-need // m) * m
 
     # -- training --------------------------------------------------------------------------------------------
+    def make_sources(self, images: list, layouts: list, **options: Any) -> list:
+        sources = super().make_sources(images, layouts, **options)
+        if self.params["stride_train"] == "auto":
+            self.params["stride_train"], self.params["stride_probe"] = auto_stride(images[0], layouts[0].axes)
+        return sources
+
     def loss(self, net: nn.Module, patches: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
         x = patches[0]
         if x.ndim != 4:
