@@ -26,8 +26,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     length.add_argument("--time", help="training time, e.g. 90s, 3m, 1h (default 3m)")
     length.add_argument("--steps", type=int, help="number of training steps")
     length.add_argument("--epochs", type=float, help="passes over the training pixels")
-    p.add_argument("--patch", type=int, nargs="+", help="patch size, one value or one per spatial axis")
-    p.add_argument("--batch", type=int, default=16, help="patches per step (default 16)")
+    p.add_argument("--patch", type=int, nargs="+", help="patch size, one value or one per spatial axis (default 32 "
+                   "in 2D, 16 x 64 x 64 in 3D, 120 for apbsn)")
+    p.add_argument("--batch", type=int, help="patches per step (default: 64 patches of 32 x 32 in 2D, 16 in 3D; "
+                   "with another patch size, as many as hold the same number of pixels)")
     p.add_argument("--lr", type=float, default=4e-3, help="peak learning rate (default 4e-3)")
     p.add_argument("--channels", choices=("independent", "joint"), default="independent")
     p.add_argument("--dims", type=int, choices=(2, 3), help="2D or 3D network (default: 3D when there is a Z axis)")

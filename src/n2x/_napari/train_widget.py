@@ -286,7 +286,9 @@ class TrainWidget(QWidget):
         self.patch_edit.setToolTip("Training patch size: auto (64×64 in 2D, 16×64×64 in 3D), one size (64) or one "
                                    "per spatial axis (16, 64, 64); multiples of the network's downsampling factor")
         form.addRow("Patch size", self.patch_edit)
-        self.batch_spin = _spin(1, 1024, 16, tip="Patches per step; lower it if the device runs out of memory")
+        self.batch_spin = _spin(0, 1024, 0, tip="Patches per step; lower it if the device runs out of memory. auto: "
+                                "64 patches of 32 x 32 in 2D, 16 in 3D, the same number of pixels for other patch sizes")
+        self.batch_spin.setSpecialValueText("auto")  # 0 stands for "auto"
         form.addRow("Batch size", self.batch_spin)
         self.device_combo = QComboBox()
         _fill_devices(self.device_combo)
@@ -513,7 +515,7 @@ class TrainWidget(QWidget):
         unit = self.length_unit.currentText()
         value = self.length_spin.value()
         kw: dict[str, Any] = {
-            "method": method, "batch_size": self.batch_spin.value(), "learning_rate": self.lr_spin.value(),
+            "method": method, "batch_size": self.batch_spin.value() or None, "learning_rate": self.lr_spin.value(),
             "channels": self.channels_combo.currentData(), "dims": self.dims_combo.currentData(),
             "device": self.device_combo.currentData(), "normalization": self.norm_combo.currentData(),
             "val_fraction": self.val_spin.value() / 100, "max_memory": self.memory_spin.value() * 1e9,

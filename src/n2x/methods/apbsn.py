@@ -111,6 +111,7 @@ class APBSN(Method):
 
     name = "apbsn"
     default_patch: ClassVar[dict[int, tuple[int, ...]]] = {2: (120, 120)}
+    default_batch: ClassVar[dict[int, int]] = {2: 16}
 
     def __init__(self, stride_train: int | str = "auto", stride_infer: int = 2, r3_passes: int = 8, r3_fraction: float = 0.16,
                  loss: str = "l2", sub_batch: int = 16, seed: int = 0, **extra: Any):

@@ -22,6 +22,8 @@ class Method:
     n_stacks: ClassVar[int] = 1
     #: preferred training patch shape by number of spatial dims (None: the engine's default)
     default_patch: ClassVar[dict[int, tuple[int, ...]] | None] = None
+    #: patches per step with ``default_patch``, by number of spatial dims (None: the engine's default)
+    default_batch: ClassVar[dict[int, int] | None] = None
 
     def __init__(self, **params: Any):
         self.params = dict(params)
@@ -57,6 +59,11 @@ class Method:
         return getattr(net, "multiple", 1)
 
     # -- training --------------------------------------------------------------------------------------------
+    def training_defaults(self, ndim: int, **options: Any) -> tuple[tuple[int, ...] | None, int | None]:
+        """Preferred ``(patch shape, patches per step)`` for ``ndim`` spatial dims given the data options
+        (``pairs``...); ``None`` leaves the engine's default."""
+        return ((self.default_patch or {}).get(ndim), (self.default_batch or {}).get(ndim))
+
     def make_sources(self, images: list, layouts: list, **options: Any) -> list:
         """Training sources for ``images`` (already validated, with their layouts).
 
