@@ -113,3 +113,24 @@ def test_clear_errors(scene):
         n2x.train(a, "YX", "n2n", target=a, pairs="subsample", steps=1)
     with pytest.raises(N2xError, match="does not take"):
         n2x.train(a, "YX", "n2v", target=a, steps=1)
+
+
+def test_n2n_network_is_residual_and_n2v_is_not(scene):
+    from n2x.nets import build_network
+
+    net = build_network("unet", ndim=2, in_channels=1, out_channels=1, depth=2, features=8, residual=True).eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        x = torch.randn(2, 1, 32, 32)
+        assert torch.equal(net(x), x)  # the identity path: the layers learn only the correction
+    a, b = _noisy(scene, 1), _noisy(scene, 2)
+    n2n = n2x.train(a, "YX", "n2n", target=b, steps=2, patch_size=32, **SMALL)
+    n2v = n2x.train(a, "YX", "n2v", steps=2, patch_size=32, **SMALL)
+    assert n2n.config["network"]["residual"] is True
+    # Noise2Void's masked pixel holds a neighbour's value: an identity path would pass the noise through.
+    assert not n2v.config["network"].get("residual", False)
+    # Sub-sampling keeps the plain U-Net: under the Neighbor2Neighbor loss the identity scores about as well as a
+    # denoiser, and training from it stalls.
+    sub = n2x.train(a, "YX", "n2n", pairs="subsample", steps=2, patch_size=32, **SMALL)
+    assert sub.config["network"]["residual"] is False

@@ -159,3 +159,25 @@ def test_tiled_prediction_equals_untiled_with_and_without_tta(trained_n2v, cells
         tiled = trained_n2v.predict(noisy, "YX", tile=(64, 48), tta=tta)
         np.testing.assert_allclose(tiled, whole, atol=1e-4)
     assert not np.allclose(trained_n2v.predict(noisy, "YX", tta=True), trained_n2v.predict(noisy, "YX"))
+
+
+def test_precision_choice_and_bfloat16_training(cells2d):
+    from n2x.device import autocast_dtype, cpu_has_native_bf16
+    from n2x.errors import N2xError
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is None  # predictions stay float32 on a CPU
+    assert autocast_dtype(cpu, training=True, precision="float32") is None
+    assert autocast_dtype(cpu, training=True) == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert autocast_dtype(cpu, training=True, ndim=3) is None  # 3D bfloat16 training on the CPU gave NaN
+    with pytest.raises(N2xError, match="precision must be one of"):
+        n2x.train(cells2d[0], "YX", steps=1, device="cpu", precision="half")
+    noisy, clean = cells2d
+    model = n2x.train(noisy, "YX", steps=100, batch_size=16, patch_size=32, seed=0, device="cpu",
+                      network={"features": 16}, precision="bfloat16")
+    assert model.config["training"]["precision"] == "bfloat16"
+    assert model.history["precision"] == "bfloat16"
+    out = n2x.denoise(model, noisy)
+    assert out.dtype == np.float32
+    # Measured +3.6 dB (float32 with the same settings: +3.9 dB).
+    assert psnr(out, clean) > psnr(noisy, clean) + 2.5

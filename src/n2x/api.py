@@ -14,7 +14,7 @@ from ._version import __version__
 from .data.axes import Layout, check_dtype, make_layout
 from .data.patches import PatchSampler
 from .data.probe import NoiseReport, probe_noise
-from .device import select_device
+from .device import autocast_dtype, select_device
 from .durations import parse_duration
 from .errors import InputError, N2xError
 from .methods import get_method
@@ -97,7 +97,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
                learning_rate: float = 4e-3, network: dict | None = None, channels: str = "independent",
                dims: int | None = None, normalization: str = "meanstd", val_fraction: float = 0.1,
                max_memory: float = 2e9, device: str | torch.device | None = "auto", seed: int | None = None,
-               should_stop: Callable[[], bool] | None = None,
+               precision: str = "auto", should_stop: Callable[[], bool] | None = None,
                preview: np.ndarray | Callable[[], np.ndarray | None] | None = None, preview_every: float = 2.0,
                target: Any = None, pairs: str | None = None, along: str | None = None,
                **method_options: Any) -> Generator[TrainProgress, None, Model]:
@@ -109,7 +109,9 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     method options (e.g. ``mask_fraction``, ``replacement`` for N2V) go in ``method_options``. Length: one of
     ``time`` (seconds or text like ``"3m"``), ``steps`` or ``epochs`` (passes over the training pixels); default
     180 s. ``channels``: ``"independent"`` (one network applied per channel) or ``"joint"``. ``dims``: 2 or 3
-    (default 3 when there is a Z axis). ``preview``: a raw region ``(C, *spatial)`` (or a function returning the
+    (default 3 when there is a Z axis). ``precision``: mixed precision in training, ``"auto"`` (bfloat16 on CUDA
+    and on CPUs with hardware bfloat16; see :func:`n2x.device.autocast_dtype`), ``"float32"`` or ``"bfloat16"``.
+    ``preview``: a raw region ``(C, *spatial)`` (or a function returning the
     current one) denoised every ``preview_every`` seconds into ``TrainProgress.preview``. ``should_stop`` is
     polled between steps; the best model so far is returned.
     """
@@ -136,7 +138,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
         raise InputError("all training images must have the same number of channels")
     ndim = layouts[0].ndim_spatial
     net_channels = 1 if channels == "independent" else n_ch
-    net_cfg = meth.network_config(ndim, net_channels, network)
+    net_cfg = meth.network_config(ndim, net_channels, network, pairs=pairs, along=along)
     if seed is not None:
         torch.manual_seed(seed)
     net = meth.build_network(net_cfg)
@@ -161,6 +163,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     sampler = PatchSampler(sources, patch, max_memory=max_memory, val_fraction=val_fraction,
                            normalization=normalization, seed=seed)
     dev = select_device(device)
+    amp = autocast_dtype(dev, training=True, precision=precision, ndim=ndim)  # checks the choice early
     if steps is None and time is None and epochs is None:
         time = DEFAULT_SECONDS
     if epochs is not None:
@@ -200,6 +203,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "training": {
             "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed, "device": str(dev),
+            "precision": str(amp).replace("torch.", "") if amp is not None else "float32",
             "steps": steps, "seconds": seconds, "data_hash": _data_hash(images, layouts),
             "data_shapes": [list(lay.shape) for lay in layouts], "val_independent": sampler.val_independent,
         },
@@ -207,7 +211,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     steps_gen = fit(meth, net, sampler, device=dev, steps=steps, seconds=seconds, batch_size=batch_size,
                     lr=learning_rate, seed=seed, should_stop=should_stop,
                     preview=run_preview if preview is not None else None, preview_every=preview_every,
-                    fold_channels=channels == "independent")
+                    fold_channels=channels == "independent", precision=precision)
     return _finish(steps_gen, meth, config, dev)
 
 

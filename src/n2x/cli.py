@@ -34,6 +34,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", choices=("independent", "joint"), default="independent")
     p.add_argument("--dims", type=int, choices=(2, 3), help="2D or 3D network (default: 3D when there is a Z axis)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="mixed precision in training (default auto: bfloat16 on CUDA and on CPUs with hardware "
+                        "bfloat16, float32 elsewhere)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-memory", type=float, default=2.0, help="GiB of patches kept in memory (default 2)")
     n2v = p.add_argument_group("Noise2Void")
@@ -107,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     gen = api.train_iter([i.data for i in infos], axes, args.method, time=seconds, steps=args.steps,
                          epochs=args.epochs, patch_size=patch, batch_size=args.batch, learning_rate=args.lr,
                          channels=args.channels, dims=args.dims, device=args.device, seed=args.seed,
-                         max_memory=args.max_memory * 2**30, target=target, pairs=args.pairs, along=args.along,
+                         precision=args.precision, max_memory=args.max_memory * 2**30, target=target, pairs=args.pairs, along=args.along,
                          **_method_options(args))
     bar = _progress_bar(100.0 if args.epochs is not None else total, f"train {args.method}", args.quiet, unit)
     model = None

@@ -36,11 +36,42 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     raise N2xError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
+PRECISION_CHOICES = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX): there, oneDNN's bfloat16 convolutions
+    run about 1.6x faster than float32 for these networks; elsewhere bfloat16 is emulated and slower."""
+    cpu = getattr(torch, "cpu", None)
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(cpu, name, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # an old or unusual build without the check: assume no hardware support
+            pass
+    return False
+
+
+def autocast_dtype(device: torch.device, training: bool = False, precision: str = "auto",
+                   ndim: int = 2) -> torch.dtype | None:
     """Mixed-precision dtype worth using on ``device``, or None (full float32).
 
-    Only CUDA gains from it; on CPU and MPS float32 is as fast or faster for these small networks.
+    ``precision="auto"``: CUDA uses bfloat16 (float16 where bfloat16 is not supported) for training and inference.
+    A CPU with hardware bfloat16 uses it for training 2D networks (``ndim`` spatial dims; weights, optimiser and
+    loss stay float32): the steps run about 1.6x faster and a 3-minute run reaches a better model. Predictions stay
+    float32 on the CPU, and so do 3D networks, whose bfloat16 training on the CPU (oneDNN, torch 2.13) produced NaN
+    within a few steps. MPS and other CPUs stay in float32, which is as fast or faster there.
+    ``"float32"`` turns mixed precision off; ``"bfloat16"`` forces it.
     """
+    if precision not in PRECISION_CHOICES:
+        raise N2xError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, not {precision!r}")
+    if precision == "float32":
+        return None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if precision == "bfloat16" or torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cpu" and training and ndim == 2 and cpu_has_native_bf16():
+        return torch.bfloat16
     return None

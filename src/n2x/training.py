@@ -67,10 +67,11 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
         seed: int | None = None, should_stop: Callable[[], bool] | None = None,
         preview: Callable[[nn.Module], np.ndarray | None] | None = None, preview_every: float = 2.0,
         n_validations: int = 20, report_every: float = 0.5, fold_channels: bool = False, val_repeats: int = 4,
-        final_margin: float = 0.01) -> Generator[TrainProgress, None, tuple[nn.Module, dict]]:
+        final_margin: float = 0.01, precision: str = "auto") -> Generator[TrainProgress, None, tuple[nn.Module, dict]]:
     """Train ``net`` with ``method``'s loss; exactly one of ``steps`` and ``seconds`` sets the length.
 
-    ``fold_channels`` trains a single-channel network on every channel of multichannel patches (channels
+    ``precision`` chooses mixed precision (:func:`n2x.device.autocast_dtype`: ``"auto"``, ``"float32"`` or
+    ``"bfloat16"``). ``fold_channels`` trains a single-channel network on every channel of multichannel patches (channels
     independent): ``(B, C, ...)`` patches become ``(B * C, 1, ...)``.
     """
     if (steps is None) == (seconds is None):
@@ -79,11 +80,11 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
     net.to(device).train()
     net.to(memory_format=memory_format(sampler.ndim))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    amp = autocast_dtype(device)
+    amp = autocast_dtype(device, training=True, precision=precision, ndim=sampler.ndim)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     per_epoch = sampler.patches_per_epoch()
     history: dict = {"step": [], "loss": [], "elapsed": [], "val_step": [], "val_loss": [], "val_elapsed": [],
-                     "lr": []}
+                     "lr": [], "precision": str(amp).replace("torch.", "") if amp is not None else "float32"}
     if steps is not None:  # a validation every few steps at least, not every step of a short run
         n_validations = max(1, min(n_validations, steps // 5))
     best_state, best_val, best_step = None, math.inf, 0

@@ -141,7 +141,7 @@ class APBSN(Method):
                            "dims=2 (--dims 2)")
         return 2
 
-    def network_config(self, ndim: int, channels: int, overrides: dict | None = None) -> dict:
+    def network_config(self, ndim: int, channels: int, overrides: dict | None = None, **options: Any) -> dict:
         if ndim != 2:
             raise N2xError("AP-BSN uses a 2D network; train with dims=2 (--dims 2) to process Z planes one by one")
         cfg = {"name": "blindspot", "ndim": 2, "in_channels": channels, "out_channels": channels,

@@ -35,8 +35,12 @@ class Method:
         dimensionality override this and raise :class:`~n2x.errors.N2xError` on a contradictory request."""
         return requested
 
-    def network_config(self, ndim: int, channels: int, overrides: dict | None = None) -> dict:
-        """The ``{"name": ..., **kwargs}`` of the default network for ``ndim`` spatial dims and ``channels``."""
+    def network_config(self, ndim: int, channels: int, overrides: dict | None = None, **options: Any) -> dict:
+        """The ``{"name": ..., **kwargs}`` of the default network for ``ndim`` spatial dims and ``channels``.
+
+        ``overrides`` (the user's ``network=``) win; ``options`` are the training call's pairing options
+        (``pairs``, ``along``).
+        """
         # 16 features: on a CPU the 32-feature U-Net of CAREamics trains 3x slower and, at equal compute, denoises
         # no better (camera/G25: 27.8 dB for 16 features after 1990 steps vs 27.6 dB for a depth-3 net).
         cfg = {"name": "unet", "ndim": ndim, "in_channels": channels, "out_channels": channels,

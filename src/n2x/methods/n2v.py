@@ -117,7 +117,7 @@ class N2V(Method):
                          variant=variant, **extra)
         self.name = variant
 
-    def network_config(self, ndim: int, channels: int, overrides: dict | None = None) -> dict:
+    def network_config(self, ndim: int, channels: int, overrides: dict | None = None, **options: Any) -> dict:
         cfg = super().network_config(ndim, channels)
         if self.params["variant"] == "n2v2":
             cfg.update(blur_pool=True, top_skip=False)

@@ -54,12 +54,15 @@ class UNet(nn.Module):
     """U-Net for 2D (``ndim=2``, input ``(B, C, Y, X)``) or 3D (``ndim=3``, ``(B, C, Z, Y, X)``) images.
 
     ``depth`` poolings by 2, ``features`` channels at full resolution, doubled at each level. ``blur_pool`` and
-    ``top_skip=False`` give the N2V2 architecture. Spatial sizes must be multiples of ``2 ** depth``.
+    ``top_skip=False`` give the N2V2 architecture. ``residual`` adds the input to the output (the network learns
+    the correction; only when input and output channels match). Spatial sizes must be multiples of ``2 ** depth``.
     """
 
     def __init__(self, ndim: int = 2, in_channels: int = 1, out_channels: int = 1, depth: int = 2,
-                 features: int = 32, batch_norm: bool = True, blur_pool: bool = False, top_skip: bool = True):
+                 features: int = 32, batch_norm: bool = True, blur_pool: bool = False, top_skip: bool = True,
+                 residual: bool = False):
         super().__init__()
+        self.residual = bool(residual) and in_channels == out_channels
         self.ndim, self.depth = ndim, depth
         self.top_skip = top_skip
         chans = [features * 2 ** i for i in range(depth + 1)]
@@ -93,6 +96,7 @@ class UNet(nn.Module):
         return r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inp = x
         skips = []
         for block, pool in zip(self.down, self.pools):
             x = block(x)
@@ -104,4 +108,4 @@ class UNet(nn.Module):
             if i > 0 or self.top_skip:
                 x = torch.cat([x, skips[i]], dim=1)
             x = block(x)
-        return self.head(x)
+        return self.head(x) + inp if self.residual else self.head(x)
