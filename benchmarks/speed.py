@@ -25,8 +25,10 @@ import n2x  # noqa: E402
 from n2x.nets import memory_format  # noqa: E402
 
 
-def bare_training(model: n2x.Model, batch: int, patch: tuple[int, ...], seconds: float) -> float:
-    """Patches/s of forward + backward + Adam on random tensors (the ceiling for this network)."""
+def bare_training(model: n2x.Model, batch: int, patch: tuple[int, ...], seconds: float,
+                  dtype: torch.dtype | None = None) -> float:
+    """Patches/s of forward + backward + Adam on random tensors (the ceiling for this network); ``dtype``: autocast
+    (mixed precision) dtype, None for float32."""
     net = model.method.build_network(model.config["network"]).train()
     fmt = memory_format(len(patch))
     net.to(memory_format=fmt)
@@ -34,7 +36,8 @@ def bare_training(model: n2x.Model, batch: int, patch: tuple[int, ...], seconds:
     x = torch.randn((batch, 1) + patch).contiguous(memory_format=fmt)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        loss = net(x).square().mean()
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = net(x).float().square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -68,12 +71,17 @@ def main() -> None:
         gen_model = n2x.train(a, "YX", args.method, steps=2, seed=0, device="cpu")
         batch = gen_model.config["training"]["batch_size"]
         patch = tuple(gen_model.config["patch_shape"])
-        bare = bare_training(gen_model, batch, patch, args.seconds)
+        precision = gen_model.config["training"]["precision"]
+        dtype = None if precision == "float32" else getattr(torch, precision)
+        bare32 = bare_training(gen_model, batch, patch, args.seconds)
+        bare = bare_training(gen_model, batch, patch, args.seconds, dtype) if dtype is not None else bare32
         m = n2x.train(a, "YX", args.method, time=args.seconds, seed=0, device="cpu")
         ours = m.history["patches_per_second"]
-        print(f"training {args.method} ({m.config['network']}), batch {batch}, patch {patch}:")
-        print(f"  bare forward+backward loop   {bare:7.1f} patches/s")
-        print(f"  n2x training loop            {ours:7.1f} patches/s  ({100 * ours / bare:.0f}% of bare)")
+        print(f"training {args.method} ({m.config['network']}), batch {batch}, patch {patch}, {precision}:")
+        print(f"  bare forward+backward loop, float32      {bare32:7.1f} patches/s")
+        print(f"  bare forward+backward loop, {precision:<12} {bare:7.1f} patches/s")
+        print(f"  n2x training loop                        {ours:7.1f} patches/s  ({100 * ours / bare:.0f}% of the "
+              f"bare {precision} loop, {100 * ours / bare32:.0f}% of float32)")
     if "infer" in args.what:
         model = n2x.train(a, "YX", args.method, steps=2, seed=0, device="cpu")
         big = np.tile(a, (4, 4))  # 2048 x 2048
