@@ -16,7 +16,7 @@ def test_train_then_denoise_real_tiff(tmp_path, real2d_path):
     before = src.read_bytes()
     model = tmp_path / "model.n2x"
     run("train", src, "--method", "n2v", "--axes", "YX", "--steps", "8", "--patch", "32", "--batch", "4",
-        "--device", "cpu", "-o", model, "-q")
+        "--device", "cpu", "--precision", "float32", "-o", model, "-q")
     assert model.exists()
     out = tmp_path / "out.tif"
     run("denoise", model, src, "-o", out, "-q")
@@ -29,6 +29,7 @@ def test_train_then_denoise_real_tiff(tmp_path, real2d_path):
     run("denoise", model, src, "-o", out, "--overwrite", "-q")
     info = run("info", model)
     assert '"name": "n2v"' in info.stdout
+    assert '"precision": "float32"' in info.stdout
 
 
 @pytest.mark.parametrize("args,message", [
@@ -36,6 +37,7 @@ def test_train_then_denoise_real_tiff(tmp_path, real2d_path):
     (["train", "missing.tif", "-o", "m.n2x", "--steps", "1"], "does not exist"),
     (["train", "{img}", "-o", "m.n2x", "--time", "soon"], "duration"),
     (["train", "{img}", "-o", "m.n2x", "--steps", "1", "--method", "bogus"], "unknown method"),
+    (["train", "{img}", "-o", "m.n2x", "--steps", "1", "--precision", "half"], "precision must be one of"),
     (["denoise", "{bad}", "{img}", "-o", "y.tif"], "not an n2x model"),
 ])
 def test_errors_are_one_line(tmp_path, args, message):

@@ -14,7 +14,7 @@ from ._version import __version__
 from .data.axes import Layout, check_dtype, make_layout
 from .data.patches import PatchSampler
 from .data.probe import NoiseReport, probe_noise
-from .device import autocast_dtype, select_device
+from .device import autocast_dtype, precision_name, select_device
 from .durations import parse_duration
 from .errors import InputError, N2xError
 from .methods import get_method
@@ -137,6 +137,8 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     if any(lay.n_channels != n_ch for lay in layouts):
         raise InputError("all training images must have the same number of channels")
     ndim = layouts[0].ndim_spatial
+    dev = select_device(device)  # before any work: a bad device or precision fails at once
+    amp = autocast_dtype(dev, training=True, precision=precision, ndim=ndim)
     net_channels = 1 if channels == "independent" else n_ch
     net_cfg = meth.network_config(ndim, net_channels, network, pairs=pairs, along=along)
     if seed is not None:
@@ -162,8 +164,6 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     sources = meth.make_sources(images, layouts, target=target, pairs=pairs, along=along)
     sampler = PatchSampler(sources, patch, max_memory=max_memory, val_fraction=val_fraction,
                            normalization=normalization, seed=seed)
-    dev = select_device(device)
-    amp = autocast_dtype(dev, training=True, precision=precision, ndim=ndim)  # checks the choice early
     if steps is None and time is None and epochs is None:
         time = DEFAULT_SECONDS
     if epochs is not None:
@@ -203,7 +203,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "training": {
             "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed, "device": str(dev),
-            "precision": str(amp).replace("torch.", "") if amp is not None else "float32",
+            "precision": precision_name(amp),
             "steps": steps, "seconds": seconds, "data_hash": _data_hash(images, layouts),
             "data_shapes": [list(lay.shape) for lay in layouts], "val_independent": sampler.val_independent,
         },

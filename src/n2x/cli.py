@@ -34,7 +34,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", choices=("independent", "joint"), default="independent")
     p.add_argument("--dims", type=int, choices=(2, 3), help="2D or 3D network (default: 3D when there is a Z axis)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+    p.add_argument("--precision", default="auto", metavar="{auto,float32,bfloat16}",
                    help="mixed precision in training (default auto: bfloat16 on CUDA and on CPUs with hardware "
                         "bfloat16, float32 elsewhere)")
     p.add_argument("--seed", type=int)
@@ -110,8 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     gen = api.train_iter([i.data for i in infos], axes, args.method, time=seconds, steps=args.steps,
                          epochs=args.epochs, patch_size=patch, batch_size=args.batch, learning_rate=args.lr,
                          channels=args.channels, dims=args.dims, device=args.device, seed=args.seed,
-                         precision=args.precision, max_memory=args.max_memory * 2**30, target=target, pairs=args.pairs, along=args.along,
-                         **_method_options(args))
+                         precision=args.precision, max_memory=args.max_memory * 2**30, target=target,
+                         pairs=args.pairs, along=args.along, **_method_options(args))
     bar = _progress_bar(100.0 if args.epochs is not None else total, f"train {args.method}", args.quiet, unit)
     model = None
     try:
@@ -294,6 +294,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                "channels": c["channels"], "n_channels": c["n_channels"], "patch_shape": c["patch_shape"],
                "normalization": c["normalization"], "package_version": c.get("package_version"),
                "steps": model.history.get("steps"), "best_val_loss": model.history.get("best_val_loss"),
+               "precision": c.get("training", {}).get("precision", "float32"),
                "halo": model.halo}
     print(json.dumps(summary, indent=2))
     return 0

@@ -75,3 +75,8 @@ def autocast_dtype(device: torch.device, training: bool = False, precision: str 
     if device.type == "cpu" and training and ndim == 2 and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``"float32"``, ``"bfloat16"`` or ``"float16"``: how :func:`autocast_dtype`'s choice is recorded."""
+    return str(dtype).replace("torch.", "") if dtype is not None else "float32"

@@ -23,7 +23,7 @@ from torch import nn
 import torch._dynamo  # noqa: E402,F401
 
 from .data.patches import PatchSampler
-from .device import autocast_dtype
+from .device import autocast_dtype, precision_name
 from .errors import TrainingError
 from .methods.base import Method
 from .nets import memory_format
@@ -84,7 +84,7 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     per_epoch = sampler.patches_per_epoch()
     history: dict = {"step": [], "loss": [], "elapsed": [], "val_step": [], "val_loss": [], "val_elapsed": [],
-                     "lr": [], "precision": str(amp).replace("torch.", "") if amp is not None else "float32"}
+                     "lr": [], "precision": precision_name(amp)}
     if steps is not None:  # a validation every few steps at least, not every step of a short run
         n_validations = max(1, min(n_validations, steps // 5))
     best_state, best_val, best_step = None, math.inf, 0
