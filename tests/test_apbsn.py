@@ -1,11 +1,13 @@
-"""AP-BSN: blind by construction, denoises spatially correlated noise where N2V fails, tiles exactly."""
+"""AP-BSN (blind-box and pixel-shuffle designs): blind by construction, denoises spatially correlated noise where N2V
+fails, tiles exactly."""
 import numpy as np
 import pytest
 import torch
 
 import n2x
 from n2x.data.samples import clean_cells
-from n2x.methods.apbsn import pd_down, pd_up, r3_mask
+from n2x.methods.apbsn import fit_box_filter, pd_down, pd_up, r3_mask
+from n2x.nets.blindbox import BlindBoxNet
 from n2x.nets.blindspot import BlindSpotNet
 from conftest import psnr
 
@@ -14,6 +16,8 @@ SMALL = dict(batch_size=8, seed=0, device="cpu", patch_size=60, network={"featur
 # Quality runs: a small network, few steps. The noise is a 3 x 3 box (correlation length 2), so stride 3 decorrelates
 # it and keeps the sub-images of a 128 x 128 test image large enough to learn from in seconds.
 QUICK = dict(SMALL, stride_train=3, sub_batch=32, learning_rate=4e-3)
+# The blind-box design (the default when the probe measures the noise) on the same budget of seconds.
+BOX = dict(batch_size=8, seed=0, device="cpu", patch_size=48, network={"features": 16})
 
 
 def _box3(white):
@@ -49,6 +53,36 @@ def test_network_is_blind_at_the_centre():
     assert int((nz - 16).abs().max()) <= r
 
 
+@pytest.mark.parametrize("blind,shape", [(0, (33, 33)), (2, (33, 33)), (2, (33, 45))])
+def test_blind_box_network_hides_exactly_the_box(blind, shape):
+    torch.manual_seed(0)
+    net = BlindBoxNet(features=8, blind=blind)
+    x = torch.randn(1, 1, *shape, requires_grad=True)
+    y = net(x)
+    assert y.shape == x.shape
+    y[0, 0, 16, 16].backward()
+    g = x.grad[0, 0].abs()
+    box = g[16 - blind:17 + blind, 16 - blind:17 + blind]
+    assert float(box.max()) == 0
+    # every pixel just outside the box is seen (the four half-planes cover all sides)
+    ring = torch.cat([g[15 - blind, 15 - blind:18 + blind], g[17 + blind, 15 - blind:18 + blind],
+                      g[15 - blind:18 + blind, 15 - blind], g[15 - blind:18 + blind, 17 + blind]])
+    assert bool((ring > 0).all())
+    nz = torch.nonzero(g > 0)
+    assert int((nz - 16).abs().max()) <= net.receptive_radius()
+
+
+def test_box_filter_is_the_wiener_gain_without_the_clean_image():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(0, 2.0, (64, 1, 32, 32))  # variance 4 the blind prediction missed entirely
+    noise = rng.normal(0, 1.0, signal.shape)  # variance 1, known from the probe
+    w = fit_box_filter(torch.from_numpy(signal + noise), np.array([[1.0]]))
+    assert abs(float(w[0, 0]) - 4 / 5) < 0.02  # var(s) / (var(s) + var(n)), as if the clean image were known
+    # A prediction that already equals the clean image: the noisy pixels can only add noise back.
+    w = fit_box_filter(torch.from_numpy(noise), np.array([[1.0]]))
+    assert abs(float(w[0, 0])) < 0.02
+
+
 def test_pixel_shuffle_round_trip():
     x = torch.arange(2 * 3 * 10 * 20, dtype=torch.float32).reshape(2, 3, 10, 20)
     sub = pd_down(x, 5)
@@ -65,24 +99,65 @@ def test_r3_mask_depends_on_global_position_only():
     assert not torch.equal(whole, r3_mask(torch.tensor([[0, 0]]), (64, 64), 4, 0.16))
 
 
-def test_beats_n2v_on_correlated_noise(correlated):
+@pytest.fixture(scope="module")
+def n2v_on_correlated(correlated):
     noisy, clean = correlated
-    ap = n2x.train(noisy, "YX", "apbsn", steps=80, **QUICK)
-    out = n2x.denoise(ap, noisy)
     nv = n2x.train(noisy, "YX", "n2v", steps=80, batch_size=8, seed=0, device="cpu", patch_size=64,
                    learning_rate=4e-3, network={"features": 16})
-    base, p_ap, p_nv = psnr(noisy, clean), psnr(out, clean), psnr(n2x.denoise(nv, noisy), clean)
-    # Measured: AP-BSN +4.8 dB.
+    return psnr(n2x.denoise(nv, noisy), clean)
+
+
+@pytest.mark.parametrize("design,options,steps", [("pd", QUICK, 80), ("box", BOX, 80)])
+def test_beats_n2v_on_correlated_noise(correlated, n2v_on_correlated, design, options, steps):
+    noisy, clean = correlated
+    ap = n2x.train(noisy, "YX", "apbsn", steps=steps, **options)
+    assert ap.config["method"]["design"] == design
+    base, p_ap, p_nv = psnr(noisy, clean), psnr(n2x.denoise(ap, noisy), clean), n2v_on_correlated
+    # Measured: pixel-shuffle +4.8 dB, blind box +3.6 dB (no box filter on this textured image).
     assert p_ap - base > 2.5, (base, p_ap, p_nv)
     assert p_ap - p_nv > 1.0, (base, p_ap, p_nv)
 
 
-def test_improves_white_noise():
+@pytest.fixture(scope="module")
+def camera_corr():
+    """A crop of scikit-image's camera with the dev set's CORR noise: flat areas, where the probe measures the noise
+    level exactly enough for the box filter."""
+    from skimage import data
+
+    clean = data.camera()[64:320, 128:384].astype(np.float32) / 255
+    return (clean + 25 / 255 * _box3(np.random.default_rng(1).normal(size=clean.shape))).astype(np.float32), clean
+
+
+def test_box_filter_puts_back_detail(camera_corr):
+    noisy, clean = camera_corr
+    model = n2x.train(noisy, "YX", "apbsn", steps=80, **BOX)
+    assert np.asarray(model.config["method"]["box_filter"]).shape == (5, 5)
+    with_filter = psnr(n2x.denoise(model, noisy), clean)
+    model.method.params["box_filter"] = None
+    without = psnr(n2x.denoise(model, noisy), clean)
+    # Measured: 23.18 dB with the filter, 21.24 without (noisy 20.17).
+    assert with_filter - without > 0.5, (with_filter, without)
+
+
+def test_no_box_filter_where_the_probe_cannot_trust_the_noise_level(correlated):
+    # Synthetic cells everywhere, no flat area: the probe reads part of the texture as noise. A filter fitted with that
+    # level would subtract detail (-3 dB measured), so there is none, and a warning says why.
+    noisy, _ = correlated
+    with pytest.warns(UserWarning, match="box filter"):
+        model = n2x.train(noisy, "YX", "apbsn", steps=2, **BOX)
+    assert "box_filter" not in model.config["method"]
+
+
+@pytest.mark.parametrize("design,options", [("pd", QUICK), ("box", BOX)])
+def test_improves_white_noise(design, options):
     clean = _smooth_scene(8)
     noisy = (clean + np.random.default_rng(2).normal(0, SIGMA, clean.shape)).astype(np.float32)
-    model = n2x.train(noisy, "YX", "apbsn", steps=60, **QUICK)
+    model = n2x.train(noisy, "YX", "apbsn", steps=60, **options)
+    assert model.config["method"]["design"] == design
+    if design == "box":
+        assert model.config["method"]["blind"] == 0  # white noise: a one-pixel blind spot
     gain = psnr(n2x.denoise(model, noisy), clean) - psnr(noisy, clean)
-    # Measured +8.6 dB after 80 steps on a sibling image.
+    # Measured: pixel-shuffle +8.6 dB after 80 steps on a sibling image, blind box (one-pixel spot and its filter) +8.3 dB.
     assert gain > 3.0, gain
 
 
@@ -99,18 +174,34 @@ def test_round_trip_tiling_and_options(correlated, tmp_path):
     np.testing.assert_allclose(model.predict(noisy, tile=256), whole, atol=1e-5)
 
 
+def test_blind_box_round_trip_and_tiling(camera_corr, tmp_path):
+    noisy, _ = camera_corr
+    img = noisy[:96, :130]  # not square: the rotated branches and the flipped ensemble change the tile's shape
+    model = n2x.train(img, "YX", "apbsn", steps=3, blind=3, ensemble=4, **BOX)
+    back = n2x.load_model(model.save(tmp_path / "box.n2x"))
+    assert back.config["method"]["design"] == "box" and back.config["method"]["blind"] == 3
+    assert np.asarray(back.config["method"]["box_filter"]).shape == (7, 7)  # fitted after training, saved
+    assert back.config["network"]["name"] == "blindbox" and back.multiple == 1
+    whole = back.predict(img, tile=256)
+    np.testing.assert_allclose(back.predict(img, tile=20), whole, atol=1e-4)
+    np.testing.assert_allclose(model.predict(img, tile=256), whole, atol=1e-5)
+
+
 def test_stacks_run_plane_by_plane_and_multichannel(correlated):
     noisy, _ = correlated
     stack = np.stack([noisy[:64, :64], noisy[64:, 64:]])
-    model = n2x.train(stack, "ZYX", "apbsn", steps=2, r3_passes=1, **SMALL)
+    model = n2x.train(stack, "ZYX", "apbsn", steps=2, r3_passes=1, **SMALL, stride_train=3)
     assert model.spatial == "YX"  # AP-BSN is 2D: Z planes are samples
     assert n2x.denoise(model, stack).shape == stack.shape
     with pytest.raises(n2x.N2xError, match="2D"):
         n2x.train(stack, "ZYX", "apbsn", steps=1, dims=3, **SMALL)
     rgb = np.stack([noisy, noisy * 2], axis=-1)
-    joint = n2x.train(rgb, "YXC", "apbsn", steps=2, channels="joint", r3_passes=1, **SMALL)
+    joint = n2x.train(rgb, "YXC", "apbsn", steps=2, channels="joint", r3_passes=1, **SMALL, stride_train=3)
     assert joint.config["network"]["in_channels"] == 2
     assert n2x.denoise(joint, rgb).shape == rgb.shape
+    box = n2x.train(rgb, "YXC", "apbsn", steps=2, channels="joint", **BOX)
+    assert box.config["network"]["in_channels"] == 2 and box.config["method"]["design"] == "box"
+    assert n2x.denoise(box, rgb).shape == rgb.shape
 
 
 def test_bad_options_are_clear():
@@ -119,18 +210,34 @@ def test_bad_options_are_clear():
         n2x.train(img, "YX", "apbsn", steps=1, r3_passes=-1)
     with pytest.raises(n2x.N2xError, match="stride_train"):
         n2x.train(img, "YX", "apbsn", steps=1, stride_train=0)
+    with pytest.raises(n2x.N2xError, match="not both"):
+        n2x.train(img, "YX", "apbsn", steps=1, stride_train=3, blind=2)
+    with pytest.raises(n2x.N2xError, match="ensemble"):
+        n2x.train(img, "YX", "apbsn", steps=1, ensemble=3)
+    with pytest.raises(n2x.N2xError, match="design"):
+        n2x.train(img, "YX", "apbsn", steps=1, design="big")
 
 
-def test_auto_stride_follows_the_noise_probe(correlated, tmp_path):
+def test_auto_settings_follow_the_noise_probe(correlated, tmp_path):
     noisy, clean = correlated
     white = (clean + np.random.default_rng(3).normal(0, SIGMA, clean.shape)).astype(np.float32)
-    options = {k: v for k, v in SMALL.items()}
-    corr_model = n2x.train(noisy, "YX", "apbsn", steps=1, r3_passes=1, **options)
-    white_model = n2x.train(white, "YX", "apbsn", steps=1, r3_passes=1, **options)
-    # The 3 x 3 box noise is correlated over 2 pixels: stride 3 is the smallest that decorrelates it.
-    assert corr_model.config["method"]["stride_train"] == 3
-    assert corr_model.config["method"]["stride_probe"]["correlation_length"] == 2
-    assert white_model.config["method"]["stride_train"] == 2
-    back = n2x.load_model(corr_model.save(tmp_path / "auto.n2x"))
+    # The 3 x 3 box noise is correlated over 2 pixels: a 5 x 5 blind box, or stride 3 for pixel-shuffle.
+    box = n2x.train(noisy, "YX", "apbsn", steps=1, **BOX)
+    assert box.config["method"]["design"] == "box" and box.config["method"]["blind"] == 2
+    assert box.config["method"]["noise_probe"]["correlation_length"] == 2
+    assert box.config["network"]["blind"] == 2
+    pd = n2x.train(noisy, "YX", "apbsn", steps=1, design="pd", r3_passes=1, **SMALL)
+    assert pd.config["method"]["stride_train"] == 3
+    white_pd = n2x.train(white, "YX", "apbsn", steps=1, design="pd", r3_passes=1, **SMALL)
+    assert white_pd.config["method"]["stride_train"] == 2
+    back = n2x.load_model(pd.save(tmp_path / "auto.n2x"))
     assert back.config["method"]["stride_train"] == 3
-    np.testing.assert_allclose(back.predict(noisy), corr_model.predict(noisy), atol=1e-5)
+    np.testing.assert_allclose(back.predict(noisy), pd.predict(noisy), atol=1e-5)
+
+
+def test_model_files_without_a_design_are_pixel_shuffle():
+    from n2x.methods.registry import get_method
+
+    old = get_method("apbsn", stride_train=3, stride_infer=2, r3_passes=8, r3_fraction=0.16, loss="l2",
+                     sub_batch=16, seed=0)  # the parameters of a model file written before the blind box
+    assert old.design == "pd"

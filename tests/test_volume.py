@@ -94,10 +94,11 @@ def test_channels_independent_2d_to_tiff(tmp_path):
 
 
 @pytest.mark.skipif("apbsn" not in n2x.methods.method_names(), reason="AP-BSN not available")
-def test_apbsn_equals_untiled_prediction(tmp_path):
+@pytest.mark.parametrize("options", [dict(stride_train=3, r3_passes=2, network={"features": 8, "blocks": 2}),
+                                     dict(blind=2, network={"features": 8})], ids=["pixel-shuffle", "blind-box"])
+def test_apbsn_equals_untiled_prediction(tmp_path, options):
     img = rng_image((64, 72), seed=4)
-    model = n2x.train(img, "YX", "apbsn", patch_size=40, r3_passes=2, **{**TINY, "steps": 1, "batch_size": 2,
-                                                                          "network": {"features": 8, "blocks": 2}})
+    model = n2x.train(img, "YX", "apbsn", patch_size=40, **{**TINY, "steps": 1, "batch_size": 2, **options})
     for chunks in (None, (40, 30)):
         out = n2x.denoise_volume(model, img, tmp_path / f"a{chunks}.ome.zarr", "YX", chunks=chunks)
         assert_close(read_out(out), model.predict(img, "YX"))

@@ -1,6 +1,8 @@
 """The one place that wires data, methods, training and inference. Widgets, CLI and notebooks call these functions."""
 from __future__ import annotations
 
+from functools import partial
+
 import hashlib
 import os
 from datetime import datetime, timezone
@@ -140,10 +142,14 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     dev = select_device(device)  # before any work: a bad device or precision fails at once
     amp = autocast_dtype(dev, training=True, precision=precision, ndim=ndim)
     net_channels = 1 if channels == "independent" else n_ch
+    meth.prepare(images, layouts)
     net_cfg = meth.network_config(ndim, net_channels, network, pairs=pairs, along=along)
     if seed is not None:
         torch.manual_seed(seed)
-    net = meth.build_network(net_cfg)
+    try:
+        net = meth.build_network(net_cfg)
+    except (TypeError, ValueError) as exc:
+        raise N2xError(f"invalid network option for method {method!r}: {exc}") from None
     multiple = meth.multiple(net)
     want_patch, want_batch = meth.training_defaults(ndim, pairs=pairs, along=along)
     want_patch, want_batch = want_patch or DEFAULT_PATCH[ndim], want_batch or DEFAULT_BATCH[ndim]
@@ -212,11 +218,16 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
                     lr=learning_rate, seed=seed, should_stop=should_stop,
                     preview=run_preview if preview is not None else None, preview_every=preview_every,
                     fold_channels=channels == "independent", precision=precision)
-    return _finish(steps_gen, meth, config, dev)
+    return _finish(steps_gen, meth, config, dev,
+                   partial(meth.calibrate, val_patches=sampler.val_patches, scale=norm.scale, device=dev,
+                           fold_channels=channels == "independent"))
 
 
-def _finish(steps_gen: Generator, meth: Any, config: dict, dev: torch.device) -> Generator[TrainProgress, None, Model]:
+def _finish(steps_gen: Generator, meth: Any, config: dict, dev: torch.device,
+            calibrate: Callable[[torch.nn.Module], None]) -> Generator[TrainProgress, None, Model]:
     trained, history = yield from steps_gen
+    calibrate(trained)
+    config["method"] = meth.to_config()  # with what calibration added
     config["training"]["steps_done"] = history["steps"]
     config["training"]["train_seconds"] = history["train_seconds"]
     model = Model(meth, trained, config, history)

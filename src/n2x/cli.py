@@ -50,10 +50,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     n2n.add_argument("--along", help="axis along which pairs are formed (T or Z)")
     n2n.add_argument("--loss", choices=("l2", "l1"), help="Noise2Noise loss (default l2)")
     ap = p.add_argument_group("AP-BSN")
-    ap.add_argument("--stride-train", type=_stride, help="pixel-shuffle stride in training (default auto: one more "
-                    "than the noise correlation length that the noise probe measures)")
-    ap.add_argument("--stride-infer", type=int, help="pixel-shuffle stride at inference (default 2)")
-    ap.add_argument("--r3-passes", type=int, help="R3 refinement passes (0 disables; default 8)")
+    ap.add_argument("--blind", type=_stride, help="blind-box design (the default): radius in pixels of the box hidden "
+                    "from each output, at least the noise's correlation length (default auto: the noise probe's)")
+    ap.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8),
+                    help="blind-box design: flips/rotations averaged when denoising (default 8)")
+    ap.add_argument("--stride-train", type=_stride, help="choose the pixel-shuffle design with this stride in training "
+                    "(auto: one more than the correlation length that the noise probe measures)")
+    ap.add_argument("--stride-infer", type=int, help="pixel-shuffle design: stride at inference (default 2)")
+    ap.add_argument("--r3-passes", type=int, help="pixel-shuffle design: R3 refinement passes (0 disables; default 8)")
 
 
 def _stride(text: str) -> int | str:
@@ -67,8 +71,12 @@ def _stride(text: str) -> int | str:
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     names = {"mask_fraction": "mask_fraction", "replacement": "replacement", "loss": "loss",
-             "stride_train": "stride_train", "stride_infer": "stride_infer", "r3_passes": "r3_passes"}
-    return {k: getattr(args, a) for a, k in names.items() if getattr(args, a, None) is not None}
+             "stride_train": "stride_train", "stride_infer": "stride_infer", "r3_passes": "r3_passes",
+             "blind": "blind", "ensemble": "ensemble"}
+    options = {k: getattr(args, a) for a, k in names.items() if getattr(args, a, None) is not None}
+    if "stride_train" in options:  # also "--stride-train auto": the pixel-shuffle design, its stride from the probe
+        options["design"] = "pd"
+    return options
 
 
 def _open(path: str, axes: str | None):

@@ -259,15 +259,19 @@ class TrainWidget(QWidget):
         self.apbsn_box = QWidget()
         f = QFormLayout(self.apbsn_box)
         f.setContentsMargins(0, 0, 0, 0)
-        self.stride_train_spin = _spin(1, 9, 1, tip="Pixel-shuffle stride in training: larger than the noise "
-                                       "correlation length. auto: measured by the noise check when training starts")
+        self.stride_train_spin = _spin(1, 9, 1, tip="auto (recommended): a full-resolution network blind to a box as "
+                                       "wide as the noise correlation, measured by the noise check when training "
+                                       "starts. A number: the paper's pixel-shuffle design with that training stride "
+                                       "(larger than the noise correlation length)")
         self.stride_train_spin.setSpecialValueText("auto")  # the minimum, 1, stands for "auto"
         f.addRow("Stride (training)", self.stride_train_spin)
-        self.stride_infer_spin = _spin(1, 9, 2, tip="Pixel-shuffle stride when denoising")
+        self.stride_infer_spin = _spin(1, 9, 2, tip="Pixel-shuffle design: stride when denoising")
         f.addRow("Stride (denoising)", self.stride_infer_spin)
-        self.r3_spin = _spin(0, 32, 8, tip="R3 refinement passes averaged at inference (0: off; more: smoother, "
-                             "slower)")
+        self.r3_spin = _spin(0, 32, 8, tip="Pixel-shuffle design: R3 refinement passes averaged at inference (0: off; "
+                             "more: smoother, slower)")
         f.addRow("R3 passes", self.r3_spin)
+        self.stride_train_spin.valueChanged.connect(self._enable_pd_options)
+        self._enable_pd_options()
         form.addRow(self.apbsn_box)
         settings.addWidget(box)
 
@@ -485,12 +489,17 @@ class TrainWidget(QWidget):
         self.probe_label.setVisible(True)
         set_status(self.probe_label, text, True if follows else None)
         if rec is not None and not follows:
-            self.follow_btn.setText(f"Use {METHODS.get(rec, (rec,))[0]}"
-                                    + (f", stride {report.stride}" if rec == "apbsn" and getattr(report, "stride", None) else ""))
+            self.follow_btn.setText(f"Use {METHODS.get(rec, (rec,))[0]}")
         self.follow_btn.setVisible(rec is not None and not follows)
 
+    def _enable_pd_options(self, *_: Any) -> None:
+        """Inference stride and R3 belong to the pixel-shuffle design (a number as training stride)."""
+        pd = self.stride_train_spin.value() != self.stride_train_spin.minimum()
+        self.stride_infer_spin.setEnabled(pd)
+        self.r3_spin.setEnabled(pd)
+
     def follow_recommendation(self) -> None:
-        """Switch the method (and AP-BSN stride) to what the noise check recommended."""
+        """Switch the method to what the noise check recommended (AP-BSN: with its automatic blind box)."""
         report = self._report
         if report is None:
             return
@@ -498,8 +507,8 @@ class TrainWidget(QWidget):
         if rec == "n2v" and "n2v2" in method_names():
             rec = "n2v2"  # same assumption (independent noise), without checkerboard artefacts
         self.set_method(rec)
-        if rec == "apbsn" and getattr(report, "stride", None):
-            self.stride_train_spin.setValue(int(report.stride))
+        if rec == "apbsn":  # auto: the blind box sized by the same noise measurement
+            self.stride_train_spin.setValue(self.stride_train_spin.minimum())
         self._show_report(report)
 
     # -- training ----------------------------------------------------------------------------------------------

@@ -11,12 +11,17 @@ residuals are mostly noise: their standard deviation is the noise level and thei
 1..4 along Y and X is the noise's correlation. The fit itself makes the residuals of white noise slightly
 anti-correlated; that bias is computed exactly from the fit's projection and removed. The decision (correlated or
 not) uses the lag-1 figure of these 8 x 8 blocks, which signal texture barely moves; once the noise is found
-correlated, its profile over longer lags (the correlation length, hence the stride) is measured the same way on
-16 x 16 blocks with a plane fit, which absorbs less of a longer correlation. Only a few planes (at most 8)
+correlated, its profile over longer lags (the correlation length, hence AP-BSN's blind box or stride) is measured
+on 16 x 16 blocks with a plane fit. A fit absorbs part of any correlated noise, increasingly so at longer lags
+(a 5 x 5 box correlation, 0.2 at lag 4, reads 0.0 in the residuals), and a blind box one pixel too small lets a
+network learn the noise; so the profile is not read off the residuals but solved for: the residuals' lag products
+are linear in the noise's autocovariance at every 2D lag up to 6, through the fit's projection, and that small
+linear system (condition number about 5) gives the noise's own correlation at each lag. Only a few planes (at most 8)
 and a central crop of each (at most 1024 x 1024) are read, so lazy stacks stay on disk.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,12 +35,16 @@ MAX_LAG = 4
 #: blocks (plane fit) for the correlation profile at longer lags, once the noise is found correlated
 LONG_BLOCK = 16
 LONG_LAG = 6
+LONG_QUADRATIC = True
+#: see NoiseReport.texture_ratio
+TEXTURE_RATIO = 1.5
 FLAT_FRACTION = 0.2
 #: the noise counts as correlated when the lag-1 coefficient exceeds this (white noise measures below 0.1 on busy
 #: synthetic images, the dev set's 3 x 3 correlated noise (true 0.67) about 0.4 through the quadratic fit)
 CORRELATED = 0.2
-#: later lags count towards the correlation length above this
-CORRELATED_LAG = 0.1
+#: later lags count towards the correlation length above this (on the fit-corrected profile; white noise reads
+#: within +-0.02, signal texture leaks up to about 0.04)
+CORRELATED_LAG = 0.05
 MAX_PLANES = 8
 MAX_SIDE = 1024
 
@@ -48,7 +57,7 @@ class NoiseReport:
     flattest regions; for signal-dependent noise it is the level of the darker flat regions). ``correlation``:
     correlation coefficient of the noise between a pixel and its neighbour at each lag, ``{"Y": {1: r, 2: ...},
     "X": {...}}``. ``correlation_length``: the largest lag (pixels) up to which the noise stays correlated (above
-    0.15) along Y or X; 0 for pixel-independent noise. ``recommended``: ``"n2v"`` or ``"apbsn"``. ``stride``: for
+    0.05, fit-corrected) along Y or X; 0 for pixel-independent noise. ``recommended``: ``"n2v"`` or ``"apbsn"``. ``stride``: for
     AP-BSN, the smallest pixel-shuffle stride that exceeds the correlation length (None for N2V).
     """
 
@@ -58,13 +67,20 @@ class NoiseReport:
     recommended: str
     stride: int | None
     n_blocks: int = 0
+    #: per channel, the noise's autocovariance in the input's units squared at 2D lags ``(dy, dx)`` up to
+    #: ``LONG_LAG``: a ``(2 * LONG_LAG + 1)``-square nested list, variance at the centre; None when the image is too
+    #: small for the 16 x 16 blocks it is solved from or textured throughout (see texture_ratio)
+    autocovariance: list | None = None
+    #: the noise variance from 16 x 16 blocks over that from 8 x 8 blocks (largest over channels): 1.2-1.4 for noise
+    #: alone; above ``TEXTURE_RATIO`` image texture inflates it and ``autocovariance`` is None
+    texture_ratio: float | None = None
     sigma_per_channel: list[float] = field(default_factory=list)
     #: lag-1 correlation of the 8 x 8 quadratic-fit residuals (the robust figure the decision uses)
     lag1_highpass: float = 0.0
 
     def summary(self) -> str:
         """A few lines for people; the last is ``recommended method: n2v`` or ``... apbsn (stride N)``."""
-        lags = sorted(self.correlation.get("X", {}))[:4]
+        lags = sorted(self.correlation.get("X", {}))
         lines = [f"noise sigma: {self.sigma:.4g} (input units, from {self.n_blocks} flat 8x8 blocks)",
                  f"lag-1 correlation of the high-pass residual: {self.lag1_highpass:+.2f} (above {CORRELATED}: "
                  "correlated)"]
@@ -74,8 +90,9 @@ class NoiseReport:
         if self.correlation_length == 0:
             lines.append("correlation length: 0 px (pixel-independent noise)")
         else:
+            box = 2 * self.correlation_length + 1
             lines.append(f"correlation length: {self.correlation_length} px (spatially correlated noise: N2V would "
-                         "learn to reproduce it)")
+                         f"learn to reproduce it; AP-BSN hides a {box} x {box} box, or uses this pixel-shuffle stride)")
         rec = "n2v" if self.recommended == "n2v" else f"apbsn (stride {self.stride})"
         lines.append(f"recommended method: {rec}")
         return "\n".join(lines)
@@ -153,18 +170,37 @@ def probe_noise(image: Any, axes: str | None = None) -> "NoiseReport":
     check_dtype(image.dtype)
     planes = _planes(image, axes)
     n_ch = planes[0].shape[0]
-    quad, plane_fit = _residual_projector(BLOCK, True), _residual_projector(LONG_BLOCK, False)
-    sigmas, lag1, profile, n_blocks = [], [], [], 0
+    quad, long_fit = _residual_projector(BLOCK, True), _residual_projector(LONG_BLOCK, LONG_QUADRATIC)
+    sigmas, lag1, profile, short_profile, autocov, ratios, n_blocks = [], [], [], [], [], [], 0
     for c in range(n_ch):
         flat, var, dof = _flattest([p[c] for p in planes], quad)
         # The flattest fifth of the blocks has a lower variance than the mean by a factor fixed by the chi-square
         # distribution of a block's variance (dof degrees of freedom); undo it.
         sigmas.append(float(np.sqrt(np.mean(var) * BLOCK ** 2 / dof / _selection_factor(dof))))
         lag1.append(max(_corrected(flat, quad, axis, 1) for axis in (1, 2)))
-        long_flat, _, _ = _flattest([p[c] for p in planes], plane_fit, required=False)
-        src, proj = (long_flat, plane_fit) if len(long_flat) >= 4 else (flat, quad)
-        profile.append({ax: [_corrected(src, proj, axis, k) for k in range(1, min(LONG_LAG, src.shape[1] - 2) + 1)]
-                        for ax, axis in (("Y", 1), ("X", 2))})
+        short = _noise_autocovariance(flat, BLOCK, MAX_LAG, True)
+        short_profile.append([max(short[(k, 0)], short[(0, k)]) / short[(0, 0)] for k in range(1, MAX_LAG + 1)])
+        long_flat, _, _ = _flattest([p[c] for p in planes], long_fit, required=False)
+        if len(long_flat) >= 4:
+            cov = _noise_autocovariance(long_flat, LONG_BLOCK, LONG_LAG, LONG_QUADRATIC)
+            square = _square(cov, LONG_LAG)
+            # Like sigma: the flattest blocks hold lower-than-average noise; undo the selection, for the degrees of
+            # freedom this correlated noise leaves a block's variance.
+            square = square / _selection_factor(round(_effective_dof(square, long_fit), 1))
+            # The same variance from the 8 x 8 blocks: correlated noise reads lower there (the quadratic fit in
+            # small blocks absorbs more of it), by a factor of 1.2-1.4 on the dev images; image texture inside the
+            # 16 x 16 blocks raises the larger-block figure further. Beyond TEXTURE_RATIO the autocovariance is not
+            # trusted for what needs its scale (AP-BSN's box filter).
+            short_sq = _square(short, MAX_LAG)
+            short_var = short_sq[MAX_LAG, MAX_LAG] / _selection_factor(round(_effective_dof(short_sq, quad), 1))
+            ratios.append(float(square[LONG_LAG, LONG_LAG] / max(short_var, 1e-300)))
+            autocov.append(square.tolist())
+            rho = {d: v / cov[(0, 0)] for d, v in cov.items()}
+            profile.append({"Y": [rho[(k, 0)] for k in range(1, LONG_LAG + 1)],
+                            "X": [rho[(0, k)] for k in range(1, LONG_LAG + 1)]})
+        else:  # a small image: the 8 x 8 blocks, corrected for white noise only
+            profile.append({ax: [_corrected(flat, quad, axis, k) for k in range(1, MAX_LAG + 1)]
+                            for ax, axis in (("Y", 1), ("X", 2))})
         n_blocks += len(flat)
     n_lags = min(len(p["Y"]) for p in profile)
     correlation = {ax: {k + 1: round(float(np.mean([p[ax][k] for p in profile])), 4) for k in range(n_lags)}
@@ -172,16 +208,23 @@ def probe_noise(image: Any, axes: str | None = None) -> "NoiseReport":
     lag1_highpass = float(np.mean(lag1))
     length = 0
     if lag1_highpass > CORRELATED:
+        # Up to lag 4 from the 8 x 8 blocks (a quadratic fit in small blocks leaves little signal texture, which
+        # larger blocks can read as long-range correlation); beyond, where the noise is still correlated at lag 4,
+        # from the 16 x 16 blocks.
+        short_mean = np.mean(short_profile, axis=0)
         length = 1
         for k in range(2, n_lags + 1):
-            if max(correlation["Y"][k], correlation["X"][k]) <= CORRELATED_LAG:
+            value = short_mean[k - 1] if k <= MAX_LAG else max(correlation["Y"][k], correlation["X"][k])
+            if value <= CORRELATED_LAG:
                 break
             length = k
     recommended = "apbsn" if length > 0 else "n2v"
     stride = length + 1 if recommended == "apbsn" else None
     return NoiseReport(sigma=float(np.mean(sigmas)), correlation=correlation, correlation_length=length,
                        recommended=recommended, stride=stride, n_blocks=n_blocks, sigma_per_channel=sigmas,
-                       lag1_highpass=round(lag1_highpass, 4))
+                       lag1_highpass=round(lag1_highpass, 4),
+                       autocovariance=autocov if len(autocov) == n_ch and max(ratios) <= TEXTURE_RATIO else None,
+                       texture_ratio=round(max(ratios), 3) if ratios else None)
 
 
 def _flattest(planes: list[np.ndarray], proj: np.ndarray, required: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
@@ -201,6 +244,69 @@ def _flattest(planes: list[np.ndarray], proj: np.ndarray, required: bool = True)
                          f"{bs} x {bs} blocks with some variation in each channel")
     order = np.argsort(var)[:max(4, int(round(len(res) * FLAT_FRACTION)))]
     return res[order], var[order], float(np.trace(proj))
+
+
+def _lags(max_lag: int) -> list[tuple[int, int]]:
+    """2D lags ``(dy, dx)`` up to ``max_lag``, one of each pair ``d, -d``; ``(0, 0)`` first."""
+    return [(dy, dx) for dy in range(max_lag + 1) for dx in range(-max_lag, max_lag + 1) if dy > 0 or dx >= 0]
+
+
+def _lag_pairs(block: int, lag: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices ``(i, j)`` of the pixel pairs of a ``block x block`` block that are ``lag`` apart."""
+    dy, dx = lag
+    ys, xs = np.mgrid[0:block, 0:block]
+    ok = (ys + dy < block) & (xs + dx >= 0) & (xs + dx < block)
+    return (ys * block + xs)[ok], ((ys + dy) * block + xs + dx)[ok]
+
+
+@functools.lru_cache(maxsize=4)
+def _fit_response(block: int, max_lag: int, quadratic: bool) -> np.ndarray:
+    """``A[a, b]``: mean residual product at lag ``a`` of the block fit when the noise's autocovariance is 1 at lag
+    ``b`` (and ``-b``) and 0 elsewhere (``E r r^T = P C P``)."""
+    proj = _residual_projector(block, quadratic)
+    lags = _lags(max_lag)
+    pairs = [_lag_pairs(block, d) for d in lags]
+    resp = np.zeros((len(lags), len(lags)))
+    for b, (i, j) in enumerate(pairs):
+        cov = np.zeros((block * block, block * block))
+        cov[i, j] = 1
+        cov[j, i] = 1
+        m = proj @ cov @ proj
+        resp[:, b] = [m[ii, jj].mean() for ii, jj in pairs]
+    return resp
+
+
+def _noise_autocovariance(res: np.ndarray, block: int, max_lag: int,
+                          quadratic: bool) -> dict[tuple[int, int], float]:
+    """The noise's autocovariance at each 2D lag of :func:`_lags`, solved from the block-fit residuals
+    ``(N, block, block)``."""
+    lags = _lags(max_lag)
+    flat = res.reshape(len(res), -1)
+    products = np.array([(flat[:, i] * flat[:, j]).mean() for i, j in (_lag_pairs(block, d) for d in lags)])
+    cov = np.linalg.solve(_fit_response(block, max_lag, quadratic), products)
+    return {d: float(c) for d, c in zip(lags, cov)}
+
+
+def _effective_dof(autocov: np.ndarray, proj: np.ndarray) -> float:
+    """Degrees of freedom of a block's residual variance for noise of this autocovariance (square, lags up to its
+    half-width): ``tr(M)^2 / tr(M^2)`` with ``M = P C P`` (Satterthwaite)."""
+    lag = autocov.shape[0] // 2
+    bs = int(round(np.sqrt(proj.shape[0])))
+    ys, xs = (v.ravel() for v in np.mgrid[0:bs, 0:bs])
+    dy, dx = ys[:, None] - ys[None], xs[:, None] - xs[None]
+    near = (np.abs(dy) <= lag) & (np.abs(dx) <= lag)
+    cov = np.zeros((bs * bs, bs * bs))
+    cov[near] = autocov[(dy + lag)[near], (dx + lag)[near]]
+    m = proj @ cov @ proj
+    return float(np.trace(m) ** 2 / max(np.trace(m @ m), 1e-300))
+
+
+def _square(cov: dict[tuple[int, int], float], max_lag: int) -> np.ndarray:
+    """The ``(2 max_lag + 1)``-square array of an autocovariance given for one of each lag pair ``d, -d``."""
+    out = np.zeros((2 * max_lag + 1, 2 * max_lag + 1))
+    for (dy, dx), v in cov.items():
+        out[max_lag + dy, max_lag + dx] = out[max_lag - dy, max_lag - dx] = v
+    return out
 
 
 def _corrected(res: np.ndarray, proj: np.ndarray, axis: int, lag: int) -> float:

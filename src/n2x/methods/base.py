@@ -35,6 +35,15 @@ class Method:
         dimensionality override this and raise :class:`~n2x.errors.N2xError` on a contradictory request."""
         return requested
 
+    def prepare(self, images: list, layouts: list) -> None:
+        """Settle parameters that depend on the training data (e.g. AP-BSN's blind box from the noise probe) before
+        the network is built. ``images`` are validated, with their layouts."""
+
+    def calibrate(self, net: nn.Module, val_patches: tuple | None, scale: list[float], device: torch.device,
+                  fold_channels: bool) -> None:
+        """After training: fit anything of the method's inference to the trained ``net`` (e.g. AP-BSN's filter of
+        the blind box), from the held-out normalised patches ``val_patches`` (None without a validation split)."""
+
     def network_config(self, ndim: int, channels: int, overrides: dict | None = None, **options: Any) -> dict:
         """The ``{"name": ..., **kwargs}`` of the default network for ``ndim`` spatial dims and ``channels``.
 

@@ -1,4 +1,4 @@
-"""Networks: the U-Net (N2V, N2V2, N2N) and the blind-spot network (AP-BSN). A registry builds them from a config."""
+"""Networks: the U-Net (N2V, N2V2, N2N) and AP-BSN's blind-box and pixel-shuffle blind-spot networks. A registry builds them from a config."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -18,10 +18,7 @@ def register_network(name: str) -> Callable:
 def build_network(name: str, **kwargs: Any) -> nn.Module:
     """Instantiate network ``name`` with ``kwargs`` (the ``network`` section of a model config)."""
     from . import unet  # noqa: F401  (registers)
-    try:
-        from . import blindspot  # noqa: F401
-    except ImportError:  # pragma: no cover - optional until the blind-spot network exists
-        pass
+    from . import blindbox, blindspot  # noqa: F401
     if name not in NETWORKS:
         raise KeyError(f"unknown network {name!r}; known: {sorted(NETWORKS)}")
     return NETWORKS[name](**kwargs)
