@@ -298,7 +298,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     model = api.load_model(args.model, device="cpu")
     c = model.config
-    summary = {"method": c["method"], "network": c["network"], "axes": c["axes"], "spatial": c["spatial"],
+    method = dict(c["method"])
+    if method.get("box_filter"):  # 25-169 weights: their size and centre say enough here
+        k = len(method["box_filter"])
+        method["box_filter"] = f"{k} x {k}, centre weight {method['box_filter'][k // 2][k // 2]:.3f}"
+    summary = {"method": method, "network": c["network"], "axes": c["axes"], "spatial": c["spatial"],
                "channels": c["channels"], "n_channels": c["n_channels"], "patch_shape": c["patch_shape"],
                "normalization": c["normalization"], "package_version": c.get("package_version"),
                "steps": model.history.get("steps"), "best_val_loss": model.history.get("best_val_loss"),
