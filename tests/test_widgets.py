@@ -166,6 +166,22 @@ def test_train_other_methods(qtbot, train_widget, models, method):
     assert widget.model.method_name == method
 
 
+def test_apbsn_blind_box_by_default(qtbot, train_widget, models):
+    viewer, layer, widget = train_widget
+    widget.set_method("apbsn")
+    _tiny(widget, steps=3, denoise=False)
+    widget.depth_spin.setValue(3)  # a U-Net setting: not passed to AP-BSN's network
+    assert widget.stride_train_spin.value() == widget.stride_train_spin.minimum()  # "auto"
+    assert not widget.r3_spin.isEnabled() and not widget.stride_infer_spin.isEnabled()
+    assert widget.train()
+    _wait_idle(qtbot, widget)
+    assert widget.model is not None, widget.status.text()
+    assert widget.model.config["method"]["design"] == "box"
+    assert widget.model.config["network"]["name"] == "blindbox"
+    widget.stride_train_spin.setValue(3)  # a number: the pixel-shuffle design and its inference options
+    assert widget.r3_spin.isEnabled() and widget.stride_infer_spin.isEnabled()
+
+
 def test_n2n_partner_layer(qtbot, train_widget, models):
     if "n2n" not in method_names():
         pytest.skip("n2n is not implemented in this installation yet")

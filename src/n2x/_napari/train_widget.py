@@ -39,8 +39,9 @@ METHODS = {
              "default for independent noise."),
     "n2n": ("Noise2Noise (N2N)", "Learns from two noisy views of the same scene: another layer, neighbouring "
             "frames/planes, even/odd frames, or sub-sampled pairs of one image."),
-    "apbsn": ("AP-BSN", "For spatially correlated noise (sCMOS patterns, demosaicked or compressed images): "
-              "pixel-shuffle breaks the correlation, a blind-spot network learns on the sub-images."),
+    "apbsn": ("AP-BSN", "For spatially correlated noise (sCMOS patterns, demosaicked or compressed images): a "
+              "network blind to a box as wide as the noise correlation (or, with a training stride, the paper's "
+              "pixel-shuffle sub-images) cannot learn the noise."),
 }
 N2N_PAIRS = {
     "subsample": "sub-sampling one image",
@@ -550,6 +551,8 @@ class TrainWidget(QWidget):
                 raise N2xError(f"cannot read the patch size {patch!r}; write auto, 64 or 16, 64, 64") from None
         network = {k: spin.value() for k, spin in (("features", self.features_spin), ("depth", self.depth_spin))
                    if spin.value() != NETWORK_DEFAULTS[k]}
+        if method == "apbsn":
+            network.pop("depth", None)  # a U-Net setting; AP-BSN's networks have no resolution levels
         if network:
             kw["network"] = network
         if method in ("n2v", "n2v2"):
