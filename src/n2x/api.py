@@ -1,11 +1,10 @@
 """The one place that wires data, methods, training and inference. Widgets, CLI and notebooks call these functions."""
 from __future__ import annotations
 
-from functools import partial
-
 import hashlib
 import os
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
