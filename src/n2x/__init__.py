@@ -1,23 +1,23 @@
 """napari-n2x: self-supervised denoising (Noise2Void/N2V2, Noise2Noise, AP-BSN) for napari, the CLI and notebooks.
 
-The public API is Qt-free::
+The public API is Qt-free (:mod:`n2x.api`, re-exported here)::
 
     import n2x
     model = n2x.train(noisy, axes="YX", method="n2v", time="60s")
     clean = n2x.denoise(model, noisy)
-    model.save("model.n2x"); model = n2x.load_model("model.n2x")
+    n2x.save_model(model, "model.n2x"); model = n2x.load_model("model.n2x")
 """
 from ._version import __version__
-from .api import NoiseReport, denoise, load_model, probe_noise, train, train_iter
-from .inference.volume import VolumeProgress, denoise_volume, iter_denoise_volume
-from .errors import (AxesError, InputError, ModelFileError, ModelMismatchError, N2xError, OutputExistsError,
-                      TrainingError)
-from .model import Model
-from .training import TrainProgress
+from .api import (BatchSummary, Model, NoiseReport, TrainProgress, VolumeProgress, denoise, denoise_files,
+                  denoise_volume, iter_denoise_volume, load_model, method_info, method_names, probe_noise,
+                  register_method, save_model, train, train_iter)
+from .errors import (AxesError, InputError, ModelFileError, ModelMismatchError, N2xError, N2xWarning, OptionError,
+                     OutputExistsError, TrainingError)
 
 __all__ = [
-    "__version__", "train", "train_iter", "denoise", "denoise_volume", "iter_denoise_volume", "VolumeProgress",
-    "load_model", "Model", "TrainProgress", "probe_noise", "NoiseReport",
-    "N2xError", "InputError", "AxesError", "ModelFileError", "ModelMismatchError", "TrainingError",
-    "OutputExistsError",
+    "__version__", "train", "train_iter", "denoise", "denoise_volume", "iter_denoise_volume", "denoise_files",
+    "VolumeProgress", "BatchSummary", "load_model", "save_model", "Model", "TrainProgress", "probe_noise",
+    "NoiseReport", "method_names", "method_info", "register_method",
+    "N2xError", "InputError", "AxesError", "OptionError", "ModelFileError", "ModelMismatchError", "TrainingError",
+    "OutputExistsError", "N2xWarning",
 ]

@@ -189,6 +189,17 @@ def input_paths(items: Iterable[str | os.PathLike], recursive: bool = False) -> 
     return found
 
 
+def output_format(nbytes: int, fmt: str = "auto", threshold: int = ZARR_THRESHOLD) -> str:
+    """The one rule for where a result goes: ``"zarr"`` (OME-Zarr, written chunk by chunk) when ``fmt`` is
+    ``"auto"`` and the float32 result has more than ``threshold`` bytes, else ``"tiff"`` (in memory, then a TIFF
+    or a layer); ``fmt`` ``"tiff"``/``"zarr"`` forces it."""
+    if fmt not in FORMATS:
+        raise N2xError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt != "auto":
+        return fmt
+    return "zarr" if nbytes > threshold else "tiff"
+
+
 def output_stem(path: Path) -> str:
     """``path``'s name without its image suffix (``.ome.tif``, ``.tif``, ``.ome.zarr``, ``.zarr``...)."""
     name = path.name

@@ -1,6 +1,8 @@
 """Choice of the torch device and of mixed precision."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import N2xError
@@ -80,3 +82,21 @@ def autocast_dtype(device: torch.device, training: bool = False, precision: str 
 def precision_name(dtype: torch.dtype | None) -> str:
     """``"float32"``, ``"bfloat16"`` or ``"float16"``: how :func:`autocast_dtype`'s choice is recorded."""
     return str(dtype).replace("torch.", "") if dtype is not None else "float32"
+
+
+def usable_cpu_count() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error: Python's, torch's on any device, or the allocator's message
+    (torch reports some CPU and MPS allocation failures as a plain ``RuntimeError``)."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory"))

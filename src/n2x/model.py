@@ -16,7 +16,7 @@ from .device import autocast_dtype, select_device
 from .errors import ModelFileError, ModelMismatchError
 from .inference.tiling import default_tile, predict_image, run_network, tiles_per_batch
 from .io.model_file import FORMAT_VERSION, file_sha256, read_model_file, state_sha256, write_model_file
-from .methods import get_method
+from .methods import method_from_config
 from .methods.base import Method
 from .nets import memory_format, optimize_for_inference
 
@@ -201,7 +201,7 @@ class Model:
         """Read a model file written by :meth:`save`; :class:`ModelFileError` when it is not one."""
         state, config, history = read_model_file(path)
         try:
-            method = get_method(config["method"]["name"], **{k: v for k, v in config["method"].items() if k != "name"})
+            method = method_from_config(config["method"])
             net = method.build_network(config["network"])
             net.load_state_dict(state, strict=True)
             Normalization.from_dict(config["normalization"])

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..nets import build_network
+from ..options import Option
 
 
 class Method:
@@ -18,6 +19,11 @@ class Method:
     """
 
     name: ClassVar[str] = "base"
+    #: display name and one-line description shown by the front doors
+    label: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: the options a user may set (the CLI flags and widget panels are generated from them)
+    options: ClassVar[tuple[Option, ...]] = ()
     #: how many aligned arrays each training patch needs (1: the noisy image; 2: input and independent target)
     n_stacks: ClassVar[int] = 1
     #: preferred training patch shape by number of spatial dims (None: the engine's default)
@@ -27,6 +33,26 @@ class Method:
 
     def __init__(self, **params: Any):
         self.params = dict(params)
+
+    # -- declaration -----------------------------------------------------------------------------------------
+    @classmethod
+    def label_for(cls, entry: str) -> str:
+        """Display name of the registry entry ``entry`` (a class may serve several entries, e.g. N2V and N2V2)."""
+        return cls.label or entry
+
+    @classmethod
+    def description_for(cls, entry: str) -> str:
+        return cls.description
+
+    @classmethod
+    def declared_options(cls, entry: str) -> tuple[Option, ...]:
+        """The options of registry entry ``entry``, with that entry's defaults."""
+        return cls.options
+
+    @classmethod
+    def from_params(cls, **params: Any) -> "Method":
+        """Rebuild from the parameters a model file stored (see :meth:`to_config`)."""
+        return cls(**params)
 
     # -- network ---------------------------------------------------------------------------------------------
     def spatial_dims(self, requested: int | None, **options: Any) -> int | None:

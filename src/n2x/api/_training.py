@@ -1,4 +1,4 @@
-"""The one place that wires data, methods, training and inference. Widgets, CLI and notebooks call these functions."""
+"""Training through the api: check the data and options, build the method and its network, run the loop."""
 from __future__ import annotations
 
 import hashlib
@@ -10,17 +10,17 @@ from typing import Any, Callable, Generator, Sequence
 import numpy as np
 import torch
 
-from ._progress import drain
-from ._version import __version__
-from .data.axes import Layout, check_dtype, make_layout
-from .data.patches import PatchSampler
-from .data.probe import NoiseReport, probe_noise
-from .device import autocast_dtype, precision_name, select_device
-from .durations import parse_duration
-from .errors import InputError, N2xError
-from .methods import get_method
-from .model import Model
-from .training import TrainProgress, fit
+from .._progress import drain
+from .._version import __version__
+from ..data.axes import Layout, check_dtype, make_layout
+from ..data.patches import PatchSampler
+from ..device import DEVICE_CHOICES, PRECISION_CHOICES, autocast_dtype, precision_name, select_device
+from ..durations import parse_duration
+from ..errors import InputError, N2xError, OptionError
+from ..methods import get_method, method_info
+from ..model import Model
+from ..options import Option, parse_options
+from ..training import TrainProgress, fit
 
 DEFAULT_SECONDS = 180.0
 #: default training patches and patches per step. In 2D many small patches: at equal pixels per step, 64 patches of
@@ -29,30 +29,41 @@ DEFAULT_SECONDS = 180.0
 DEFAULT_PATCH = {2: (32, 32), 3: (16, 64, 64)}
 DEFAULT_BATCH = {2: 64, 3: 16}
 MAX_DEFAULT_BATCH = 256
+LEARNING_RATE = 4e-3
+MAX_MEMORY = 2 * 2**30
+VAL_FRACTION = 0.1
+PREVIEW_EVERY = 2.0
 
-
-def load_model(path: str | os.PathLike, device: str | torch.device | None = "auto") -> Model:
-    """Load a model file (``.n2x``) onto ``device``."""
-    return Model.load(path, device=device)
-
-
-def denoise(model: Model | str | os.PathLike, array: Any, axes: str | None = None, *,
-            tile: Sequence[int] | int | None = None, batch_size: int | None = None,
-            device: str | torch.device | None = None, progress: Callable[[int, int], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, tta: bool = False) -> np.ndarray:
-    """Denoise an array that fits in memory with ``model`` (a :class:`Model` or a model file path).
-
-    ``axes`` names the array's dimensions (default: the model's training axes when the number of dimensions
-    matches). ``tta``: average 8 flipped/rotated predictions (8x slower, slightly better). Returns float32 in the
-    input's intensity units, same shape and axes. For volumes larger than memory
-    use :func:`n2x.denoise_volume`.
-    """
-    if not isinstance(model, Model):
-        model = load_model(model, device=device or "auto")
-    elif device is not None:
-        model.to(device)
-    return model.predict(array, axes, tile=tile, batch_size=batch_size, progress=progress, should_stop=should_stop,
-                         tta=tta)
+#: The options of every training run, whatever the method: the CLI's flags and the Train widget's controls are
+#: generated from these, and :func:`train_iter` takes them as keywords with these defaults.
+TRAIN_OPTIONS: tuple[Option, ...] = (
+    Option("time", "str", None, f"training time (wall clock), e.g. 90s, 3m, 1h (default {DEFAULT_SECONDS / 60:g}m "
+           "when neither steps nor epochs are given)", label="Time"),
+    Option("steps", "int", None, "number of training steps", range=(1, 10**9)),
+    Option("epochs", "float", None, "passes over the training pixels", range=(1e-3, 1e6)),
+    Option("patch_size", "shape", None, "training patch size in pixels, one value or one per spatial axis (default "
+           "from the method: 32 x 32 in 2D, 16 x 64 x 64 in 3D for N2V); multiples of the network's "
+           "downsampling factor", label="Patch size", auto=True, unit="px"),
+    Option("batch_size", "int", None, "patches per step (default: as many as hold the pixels of the method's "
+           "default batch, 64 patches of 32 x 32 in 2D for N2V); lower it if the device runs out of memory",
+           label="Batch", range=(1, 4096), auto=True),
+    Option("learning_rate", "float", LEARNING_RATE, "peak learning rate (annealed to 1% of it by the end)",
+           label="Learning rate", range=(1e-6, 1.0), advanced=True),
+    Option("channels", "str", "independent", "independent: one network applied to each channel; joint: the "
+           "channels go through the network together", choices=("independent", "joint"), advanced=True),
+    Option("dims", "int", None, "2D or 3D network (default: 3D when there is a Z axis)", label="Network",
+           choices=(2, 3), auto=True),
+    Option("normalization", "str", "meanstd", "how intensities are normalised: meanstd (mean and standard "
+           "deviation) or percentile (1st to 99.8th percentile)", choices=("meanstd", "percentile"), advanced=True),
+    Option("val_fraction", "float", VAL_FRACTION, "share of the data held out for validation",
+           label="Validation share", range=(0.0, 0.5), advanced=True),
+    Option("max_memory", "float", MAX_MEMORY, "training patches kept in memory; larger data are sampled lazily",
+           label="Memory for patches", range=(2**20, 2**44), unit="bytes", advanced=True),
+    Option("device", "str", "auto", f"{', '.join(DEVICE_CHOICES)} (or cuda:N)", advanced=True),
+    Option("precision", "str", "auto", "mixed precision in training: auto (bfloat16 on CUDA and on CPUs with "
+           "hardware bfloat16, float32 elsewhere), float32 or bfloat16", choices=PRECISION_CHOICES, advanced=True),
+    Option("seed", "int", None, "random seed (default: a new one each run)", range=(0, 2**31 - 1), advanced=True),
+)
 
 
 def _as_list(images: Any) -> list:
@@ -95,19 +106,20 @@ def _data_hash(images: list, layouts: list[Layout]) -> str:
 def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
                time: str | float | None = None, steps: int | None = None, epochs: float | None = None,
                patch_size: Sequence[int] | int | None = None, batch_size: int | None = None,
-               learning_rate: float = 4e-3, network: dict | None = None, channels: str = "independent",
-               dims: int | None = None, normalization: str = "meanstd", val_fraction: float = 0.1,
-               max_memory: float = 2e9, device: str | torch.device | None = "auto", seed: int | None = None,
+               learning_rate: float = LEARNING_RATE, network: dict | None = None, channels: str = "independent",
+               dims: int | None = None, normalization: str = "meanstd", val_fraction: float = VAL_FRACTION,
+               max_memory: float = MAX_MEMORY, device: str | torch.device | None = "auto", seed: int | None = None,
                precision: str = "auto", should_stop: Callable[[], bool] | None = None,
-               preview: np.ndarray | Callable[[], np.ndarray | None] | None = None, preview_every: float = 2.0,
-               target: Any = None, pairs: str | None = None, along: str | None = None,
-               **method_options: Any) -> Generator[TrainProgress, None, Model]:
+               preview: np.ndarray | Callable[[], np.ndarray | None] | None = None,
+               preview_every: float = PREVIEW_EVERY, **method_options: Any) -> Generator[TrainProgress, None, Model]:
     """Check the data and options, then return a generator that trains, yielding :class:`TrainProgress`; the
     generator's return value is the :class:`Model`. Bad data or options raise here, before any step runs.
 
     ``images``: one array or a list of arrays (numpy, dask, zarr: read lazily, at most ``max_memory`` bytes of
-    patches in memory) with axes ``axes`` (``S T C Z Y X``). ``method``: ``n2v``, ``n2v2``, ``n2n`` or ``apbsn``;
-    method options (e.g. ``mask_fraction``, ``replacement`` for N2V) go in ``method_options``. Length: one of
+    patches in memory) with axes ``axes`` (``S T C Z Y X``). ``method``: a registered method (``n2v``, ``n2v2``,
+    ``n2n``, ``apbsn``...); its declared options (:func:`n2x.api.method_info`, e.g. ``mask_fraction`` for N2V, or
+    ``target``/``pairs``/``along`` for N2N) go in ``method_options``, and an option it does not declare is an
+    :class:`~n2x.errors.OptionError`. The other keywords are :data:`TRAIN_OPTIONS`. Length: one of
     ``time`` (seconds or text like ``"3m"``), ``steps`` or ``epochs`` (passes over the training pixels); default
     180 s. ``channels``: ``"independent"`` (one network applied per channel) or ``"joint"``. ``dims``: 2 or 3
     (default 3 when there is a Z axis). ``precision``: mixed precision in training, ``"auto"`` (bfloat16 on CUDA
@@ -117,17 +129,19 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     polled between steps; the best model so far is returned.
     """
     if sum(x is not None for x in (time, steps, epochs)) > 1:
-        raise N2xError("give only one of time, steps and epochs")
-    if channels not in ("independent", "joint"):
-        raise N2xError(f"channels must be 'independent' or 'joint', not {channels!r}")
+        raise OptionError("give only one of time, steps and epochs")
+    common = parse_options(TRAIN_OPTIONS, {
+        "patch_size": patch_size, "batch_size": batch_size,
+        "learning_rate": learning_rate, "channels": channels, "dims": dims,
+        "normalization": normalization, "val_fraction": val_fraction, "max_memory": max_memory,
+        "precision": precision, "seed": seed, "steps": steps, "epochs": epochs}, "training")
+    channels = common["channels"]
     images = _as_list(images)
     if not images:
         raise InputError("no training images were given")
-    try:
-        meth = get_method(method, **method_options)
-    except (TypeError, ValueError) as exc:
-        raise N2xError(f"invalid option for method {method!r}: {exc}") from None
-    dims = meth.spatial_dims(dims, pairs=pairs, along=along)  # e.g. AP-BSN is 2D: Z planes become samples
+    meth, data_options = _build_method(method, method_options)
+    target, pairs, along = (data_options.get(k) for k in ("target", "pairs", "along"))
+    dims = meth.spatial_dims(common.get("dims"), pairs=pairs, along=along)  # e.g. AP-BSN is 2D: Z planes become samples
     layouts = []
     for i, img in enumerate(images):
         if not hasattr(img, "shape") or not hasattr(img, "dtype"):
@@ -152,6 +166,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     multiple = meth.multiple(net)
     want_patch, want_batch = meth.training_defaults(ndim, pairs=pairs, along=along)
     want_patch, want_batch = want_patch or DEFAULT_PATCH[ndim], want_batch or DEFAULT_BATCH[ndim]
+    patch_size = common.get("patch_size")
     if patch_size is None:
         patch = _default_patch(layouts, multiple, want_patch)
     else:
@@ -161,6 +176,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
         bad = [p for p in patch if p % multiple or p <= 0]
         if bad:
             raise InputError(f"patch sizes must be positive multiples of {multiple} for this network, not {patch}")
+    batch_size = common.get("batch_size")
     if batch_size is None:
         batch_size = _default_batch(patch, want_patch, want_batch)
     elif int(batch_size) < 1:
@@ -189,7 +205,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
             region = region[None]
         tmp = Model(meth, live_net, {**config, "normalization": norm.to_dict()})
         tmp._device = dev
-        from .inference.tiling import default_tile, predict_image
+        from ..inference.tiling import default_tile, predict_image
         normed = norm.apply(region, channel_axis=0)
         core = default_tile(region.shape[1:], tmp.multiple, tmp.halo)
         out = predict_image(tmp.predict_tiles, normed, core, tmp.halo, tmp.multiple, batch_size=4)
@@ -220,6 +236,24 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     return _finish(steps_gen, meth, config, dev,
                    partial(meth.calibrate, val_patches=sampler.val_patches, scale=norm.scale, device=dev,
                            fold_channels=channels == "independent"))
+
+
+def _build_method(name: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The method ``name`` built from the user's ``options`` (checked against its declaration), and the data
+    options it declares (``target``, ``pairs``, ``along``), which go to its training sources."""
+    info = method_info(name)
+    data_names = {o.name for o in info.options if o.data}
+    given = {k: v for k, v in options.items() if v is not None}
+    data = parse_options([o for o in info.options if o.data], {k: v for k, v in given.items() if k in data_names},
+                         f"method {info.name!r}")
+    params = {k: v for k, v in given.items() if k not in data_names}
+    try:
+        meth = get_method(name, **params)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, N2xError):
+            raise
+        raise OptionError(f"invalid option for method {name!r}: {exc}") from None
+    return meth, data
 
 
 def _finish(steps_gen: Generator, meth: Any, config: dict, dev: torch.device,
