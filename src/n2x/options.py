@@ -71,15 +71,18 @@ class Option:
         """
         if value is None:
             return None
-        where = f" of {owner}" if owner else ""
+        lead = f"{owner}: " if owner else ""  # the name follows, so a message reads "...: precision must be ..."
         if self.auto and isinstance(value, str) and value.strip().lower() == AUTO:
             # "auto" is the default where the default is "decided by the method" (None)
             return None if self.default is None else AUTO
         if self.type == "shape":
-            return parse_shape(value, self.name + where)
+            try:
+                return parse_shape(value, self.name)
+            except OptionError as exc:
+                raise OptionError(f"{lead}{exc}") from None
         if self.type == "image":
             if not hasattr(value, "shape"):
-                raise OptionError(f"option {self.name}{where} must be an image (an array), not {type(value).__name__}")
+                raise OptionError(f"{lead}{self.name} must be an image (an array), not {type(value).__name__}")
             return value
         try:
             if self.type == "bool":
@@ -95,14 +98,13 @@ class Option:
         except (TypeError, ValueError):
             kind = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(self.type, "text")
             extra = " or 'auto'" if self.auto else ""
-            raise OptionError(f"option {self.name}{where} must be {kind}{extra}, not {value!r}") from None
+            raise OptionError(f"{lead}{self.name} must be {kind}{extra}, not {value!r}") from None
         if self.choices and out not in self.choices:
-            raise OptionError(f"option {self.name}{where} must be one of {', '.join(map(str, self.choices))}, "
-                              f"not {value!r}")
+            raise OptionError(f"{lead}{self.name} must be one of {', '.join(map(str, self.choices))}, not {value!r}")
         if self.range is not None and self.type in ("int", "float"):
             lo, hi = self.range
             if not lo <= out <= hi:
-                raise OptionError(f"option {self.name}{where} must be between {lo:g} and {hi:g}, not {value!r}")
+                raise OptionError(f"{lead}{self.name} must be between {lo:g} and {hi:g}, not {value!r}")
         return out
 
 

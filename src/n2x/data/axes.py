@@ -56,7 +56,7 @@ def guess_axes(shape: Sequence[int], rgb: bool = False) -> str:
     """A reasonable first guess of the axes of an array of ``shape`` (shown to the user, who may edit it)."""
     ndim = len(shape)
     if rgb:
-        return {3: "YXC", 4: "TYXC", 5: "TZYXC"}.get(ndim, "S" * 0 + "YXC")
+        return {3: "YXC", 4: "TYXC", 5: "TZYXC"}.get(ndim, "YXC")
     if ndim == 2:
         return "YX"
     if ndim == 3:

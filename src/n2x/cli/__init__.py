@@ -1,0 +1,73 @@
+"""The ``n2x`` command: train, denoise, probe, demo, info.
+
+A thin front door over :mod:`n2x.api`: it parses arguments (the training flags are generated from the option
+declarations), shows progress with tqdm, prints engine warnings on stderr and turns every
+:class:`~n2x.errors.N2xError` into one line on stderr, its hint worded as flags, with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Any, Sequence
+
+from .._version import __version__
+from ..errors import N2xError, N2xWarning
+from .progress import EXIT_ERROR, EXIT_INTERRUPTED
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors as one line on stderr with exit code 2, like the engine's errors."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_ERROR, f"n2x: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .denoise import add_denoise_parser
+    from .tools import add_tool_parsers
+    from .train import add_train_parser
+
+    parser = OneLineParser(prog="n2x", description="Self-supervised denoising of microscopy images.")
+    parser.add_argument("--version", action="version", version=f"napari-n2x {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    add_train_parser(sub)
+    add_denoise_parser(sub)
+    add_tool_parsers(sub)
+    return parser
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    if issubclass(category, N2xWarning):
+        print(f"n2x: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .flags import cli_words
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", N2xWarning)
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except N2xError as exc:
+            print(f"n2x: error: {exc.render(cli_words(parser))}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print("n2x: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except MemoryError:
+            print("n2x: error: out of memory; use a smaller --tile or --batch, or --max-memory", file=sys.stderr)
+            return EXIT_ERROR
+        except OSError as exc:
+            print(f"n2x: error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
+            return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

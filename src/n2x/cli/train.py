@@ -1,0 +1,108 @@
+"""``n2x train``: flags generated from :data:`n2x.api.TRAIN_OPTIONS` and each method's declared options."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import api
+from ..errors import N2xError, OptionError
+from .flags import add_method_options, add_option, given, gib_to_bytes
+from .progress import EXIT_INTERRUPTED, progress_bar
+
+LENGTH = ("time", "steps", "epochs")
+
+
+def add_train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a denoiser on noisy images",
+                       description="Train a self-supervised denoiser on noisy images and save it as a .n2x file.")
+    p.add_argument("images", nargs="+", help="noisy image file(s), glob patterns or folders: TIFF, OME-TIFF, "
+                   "zarr, OME-Zarr (one model is trained on patches drawn from all of them)")
+    p.add_argument("--recursive", action="store_true", help="look for images in sub-folders of folder inputs too")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.n2x)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--method", default="n2v", help=f"one of {', '.join(api.method_names())} (default n2v)")
+    p.add_argument("--axes", help="axes of the image, e.g. YX, ZYX, TYX, CYX (default: from the file)")
+    length = p.add_mutually_exclusive_group()
+    common = p.add_argument_group("training")
+    for opt in api.TRAIN_OPTIONS:
+        add_option(length if opt.name in LENGTH else common, opt)
+    p.set_defaults(func=cmd_train,
+                   method_owners=add_method_options(p, [api.method_info(n) for n in api.method_names()]))
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method flags given on the command line; a flag of another method is an error, not silently dropped."""
+    owners: dict[str, list[str]] = args.method_owners
+    options = given(args, list(owners))
+    info = api.method_info(args.method)  # an unknown method is reported here
+    for name in options:
+        if info.name not in owners[name]:
+            flag = "--" + name.replace("_", "-")
+            raise OptionError(f"{flag} does not apply to --method {info.name}; it belongs to "
+                              f"{', '.join(owners[name])}")
+    target = options.get("target")
+    if isinstance(target, str):
+        options["target"] = _open(target, args.axes).data
+    return options
+
+
+def _open(path: str, axes: str | None) -> Any:
+    info = api.open_image(path)
+    if axes:
+        info.axes = axes.upper()
+    return info
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    infos = [_open(str(p), args.axes) for p in api.input_paths(args.images, recursive=args.recursive)]
+    axes = infos[0].axes
+    if any(i.axes != axes for i in infos):
+        raise N2xError("the training images have different axes", hint="give {axes}, or train on matching files")
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise N2xError(f"{out} exists", hint="choose another name, or {overwrite} to replace it")
+    common = given(args, [o.name for o in api.TRAIN_OPTIONS])
+    if "max_memory" in common:
+        common["max_memory"] = gib_to_bytes(common["max_memory"])
+    seconds = api.parse_duration(common["time"]) if "time" in common else None
+    if not any(k in common for k in LENGTH):
+        seconds = api.DEFAULT_SECONDS
+    common["time"] = seconds if "steps" not in common and "epochs" not in common else None
+    gen = api.train_iter([i.data for i in infos], axes, args.method, **common, **_method_options(args))
+    steps = int(common["steps"]) if common.get("steps") is not None else None
+    if steps is not None:
+        total, unit = float(steps), " steps"
+    elif seconds is not None:
+        total, unit = seconds, "s"
+    else:
+        total, unit = 100.0, "%"
+    bar = progress_bar(total, f"train {args.method}", args.quiet, unit)
+    model = None
+    try:
+        while True:
+            try:
+                pr = next(gen)
+            except StopIteration as done:
+                model = done.value
+                break
+            bar.n = pr.step if steps is not None else min(total, pr.fraction * total)
+            post = {"step": pr.step, "loss": f"{pr.loss:.4f}"}
+            if pr.best_val_loss is not None:
+                post["val"] = f"{pr.best_val_loss:.4f}"
+            bar.set_postfix(post, refresh=False)
+            bar.refresh()
+    except KeyboardInterrupt:
+        bar.close()
+        print("n2x: interrupted; nothing was saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    bar.close()
+    saved = api.save_model(model, out, overwrite=True)
+    h = model.history
+    if not args.quiet:
+        print(f"saved {saved}: {h['steps']} steps in {h['train_seconds']:.0f} s "
+              f"({h['patches_per_second']:.0f} patches/s), best validation loss {h['best_val_loss']:.4g} "
+              f"at step {h['best_step']}")
+    return 0
