@@ -67,6 +67,7 @@ def main() -> None:
 
     import n2x
     from n2x.batch import run_batch
+    from n2x.cli.batch_view import summary_table
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="n2x-bench-batch-"))
     try:
@@ -102,7 +103,7 @@ def main() -> None:
             t0 = time.perf_counter()
             summary = run_batch(model_path, [data], out, workers=w, device="cpu")
             seconds = time.perf_counter() - t0
-            assert summary.exit_code == 0, summary.table()
+            assert summary.exit_code == 0, summary_table(summary)
             diff = float(np.abs(tifffile.imread(out / files[-1].name) - reference).max())
             row(f"n2x batch, {w} worker(s)", seconds,
                 ("in process" if w == 1 else "local dask cluster") + f"; max |diff| vs loop {diff:.1e}")

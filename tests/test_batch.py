@@ -1,6 +1,7 @@
 """Batch denoising (n2x.batch, ``n2x denoise MODEL INPUT... -o OUTDIR``): mixed folders, failures, resume, dask."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +16,11 @@ import zarr
 
 import n2x
 from n2x import batch
-from n2x.errors import InputError, N2xError
+from n2x.batch import distributed
+from n2x.cli.batch_view import BatchBars, summary_table
+from n2x.errors import InputError, N2xError, OptionError
 from n2x.io import ome_zarr
-from n2x.io.images import open_image
+from n2x.io.images import N2X_TIFF_TAG, open_image, read_tiff_record
 
 
 def rng_image(shape, seed=0):
@@ -126,30 +129,55 @@ def test_mixed_folder_through_the_cli(model_file, mixed_folder, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tif")} == mtimes
 
 
+# The killed run: the CLI's own main, with the third file made to hang in its first network call, so that the kill
+# lands while that file is in progress whatever the machine's speed (no sleep decides it).
+KILLED_RUN = r"""
+import sys, time
+from pathlib import Path
+import n2x.batch.local as local
+from n2x.cli import main
+
+marker = Path(sys.argv[1])
+real = local.denoise_file
+
+def gated(spec, model, report=None):
+    if Path(spec["file"]).name == "f2.tif":
+        def hang(tiles, positions=()):
+            marker.touch()
+            time.sleep(600)
+        model.predict_tiles = hang
+    return real(spec, model, report)
+
+local.denoise_file = gated
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_kill_and_rerun_finishes_without_redoing(model_file, tmp_path):
     d = tmp_path / "data"
     d.mkdir()
     tifffile.imwrite(d / "f0.tif", rng_image((48, 48), 0))
-    for i in range(1, 4):  # larger files after the first: the run is killed while they are in progress
-        tifffile.imwrite(d / f"f{i}.tif", rng_image((4, 256, 256), i), imagej=True, metadata={"axes": "ZYX"})
+    for i in range(1, 4):
+        tifffile.imwrite(d / f"f{i}.tif", rng_image((4, 64, 64), i), imagej=True, metadata={"axes": "ZYX"})
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "n2x.cli", "denoise", str(model_file), str(d), "-o", str(out), "--workers", "1",
-            "-q", "--device", "cpu"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    summary_file = out / batch.SUMMARY_NAME
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if any(f["status"] == "ok" for f in json.loads(summary_file.read_text())["files"]):
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.01)
+    marker = tmp_path / "f2-in-progress"
+    args = [sys.executable, "-c", KILLED_RUN, str(marker), "denoise", str(model_file), str(d), "-o", str(out),
+            "--workers", "1", "-q", "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not marker.exists():
+        time.sleep(0.02)
+    if not marker.exists():
+        proc.kill()
+        pytest.fail(f"the run never reached f2 (exit {proc.wait()}): {proc.stderr.read()}")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
     finished = sorted(out.glob("*.tif"))
     assert finished and len(finished) < 4, "the run was not killed part-way"
-    assert not [p for p in out.iterdir() if p.name.endswith(".part") and p.name.startswith("f0")]
+    assert finished == [out / "f0.tif", out / "f1.tif"]  # f2 was in progress, f3 not started
+    assert not [p for p in out.iterdir() if p.name.endswith(".part")]  # a TIFF appears only complete
+    assert all(read_tiff_record(p) is not None for p in finished)  # each carries its own fingerprint
     mtimes = {p.name: p.stat().st_mtime_ns for p in finished}
 
     rerun = cli("denoise", model_file, d, "-o", out, "--workers", "1", "--json", "--device", "cpu")
@@ -219,13 +247,13 @@ def test_local_cluster_with_two_workers_gives_identical_outputs(model_file, tmp_
 
 
 def test_worker_loads_shipped_model_bytes(model_file, tmp_path):
-    blob = batch._model_blob(Path(model_file))
+    blob = distributed.model_blob(Path(model_file))
     blob["path"] = str(tmp_path / "not-on-this-node.n2x")  # the client's path is not visible on the worker
-    batch._MODEL_CACHE.clear()
-    model = batch._worker_model(blob, "cpu")
+    distributed._MODEL_CACHE.clear()
+    model = distributed.worker_model(blob, "cpu")
     assert model.weights_hash() == n2x.load_model(model_file, device="cpu").weights_hash()
     assert model.path.name == f"{blob['sha256']}.n2x"
-    assert batch._worker_model(blob, "cpu") is model  # loaded once per worker
+    assert distributed.worker_model(blob, "cpu") is model  # loaded once per worker
 
 
 def test_existing_output_of_another_job_is_refused(model_file, tmp_path):
@@ -236,22 +264,105 @@ def test_existing_output_of_another_job_is_refused(model_file, tmp_path):
     out.mkdir()
     tifffile.imwrite(out / "x.tif", np.zeros((4, 4), np.float32))  # someone else's file
     res = batch.run_batch(model_file, [d], out, workers=1, device="cpu")
-    assert res.results[0].status == "failed" and "--overwrite" in res.results[0].reason
+    assert res.results[0].status == "failed" and "overwrite" in res.results[0].reason
+    assert "not an n2x result" in res.results[0].reason
     assert tifffile.imread(out / "x.tif").shape == (4, 4)
     res = batch.run_batch(model_file, [d], out, workers=1, device="cpu", overwrite=True)
     assert res.results[0].status == "ok" and tifffile.imread(out / "x.tif").shape == (64, 64)
-    # Killed after the TIFF was renamed into place but before the client recorded it: the entry written before the
-    # file started (pending, with what was at the path then) identifies the new file as this job's.
+    # Killed after the TIFF was renamed into place but before the summary recorded it: the TIFF carries its own
+    # fingerprint, so the rerun recognises it as this job's with no record of it anywhere else.
     summary_file = out / batch.SUMMARY_NAME
-    data = json.loads(summary_file.read_text())
-    entry = data["outputs"]["x.tif"]
-    data["outputs"]["x.tif"] = {"input": entry["input"], "fingerprint": entry["fingerprint"], "format": "tiff",
-                                "pending": True, "previous_stat": None}
-    summary_file.write_text(json.dumps(data))
+    summary_file.unlink()
     mtime = (out / "x.tif").stat().st_mtime_ns
     res = batch.run_batch(model_file, [d], out, workers=1, device="cpu")
     assert res.results[0].status == "skipped" and (out / "x.tif").stat().st_mtime_ns == mtime
-    assert "output_stat" in json.loads(summary_file.read_text())["outputs"]["x.tif"]
+    written = json.loads(summary_file.read_text())
+    assert "outputs" not in written and written["files"][0]["status"] == "skipped"  # a report, no ledger
+
+
+def test_tiff_output_carries_its_fingerprint(model_file, tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    img = rng_image((64, 64), 10)
+    tifffile.imwrite(d / "x.tif", img)
+    out = tmp_path / "out"
+    res = batch.run_batch(model_file, [d], out, workers=1, device="cpu")
+    assert res.results[0].status == "ok"
+    record = read_tiff_record(out / "x.tif")
+    model = n2x.load_model(model_file, device="cpu")
+    assert record["status"] == "complete"
+    assert record["fingerprint"]["model"]["weights_sha256"] == model.weights_hash()
+    assert record["fingerprint"]["input"]["path"] == str((d / "x.tif").resolve())
+    assert record["provenance"]["method"] == model.method_name
+    with tifffile.TiffFile(out / "x.tif") as tif:  # in the TIFF's own tags, next to its ImageJ metadata
+        assert N2X_TIFF_TAG in tif.pages[0].tags and tif.is_imagej
+    np.testing.assert_allclose(tifffile.imread(out / "x.tif"), n2x.denoise(model, img, "YX"), rtol=1e-4, atol=1e-3)
+    # Nothing but the TIFF itself decides: the summary file gone, the rerun still skips it untouched.
+    (out / batch.SUMMARY_NAME).unlink()
+    mtime = (out / "x.tif").stat().st_mtime_ns
+    plan = batch.plan_batch(model, batch.expand_inputs([d]), out)
+    assert [i.action for i in plan] == ["skip"]
+    again = batch.run_batch(model_file, [d], out, workers=1, device="cpu")
+    assert again.results[0].status == "skipped" and again.exit_code == 0
+    assert (out / "x.tif").stat().st_mtime_ns == mtime
+
+
+def test_tiff_of_another_job_is_refused(model_file, tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    img = rng_image((64, 64), 11)
+    tifffile.imwrite(d / "x.tif", img)
+    out = tmp_path / "out"
+    other = n2x.train(img, "YX", steps=2, network={"features": 8}, patch_size=32, device="cpu", seed=1)
+    other_file = other.save(tmp_path / "other.n2x")
+    assert batch.run_batch(other_file, [d], out, workers=1, device="cpu").results[0].status == "ok"
+    before = (out / "x.tif").read_bytes()
+    res = batch.run_batch(model_file, [d], out, workers=1, device="cpu")
+    r = res.results[0]
+    assert r.status == "failed" and res.exit_code == 1
+    assert "another model" in r.reason and "overwrite" in r.reason
+    assert (out / "x.tif").read_bytes() == before
+    # another input under the same output name: the fingerprint's input differs
+    tifffile.imwrite(d / "x.tif", img + 1)
+    res = batch.run_batch(other_file, [d], out, workers=1, device="cpu")
+    assert res.results[0].status == "failed" and "another input" in res.results[0].reason
+    assert (out / "x.tif").read_bytes() == before
+    res = batch.run_batch(model_file, [d], out, workers=1, device="cpu", overwrite=True)
+    assert res.results[0].status == "ok" and (out / "x.tif").read_bytes() != before
+
+
+def test_output_format_rule():
+    mib = 2**20
+    assert batch.output_format(256 * mib) == "tiff"  # up to 256 MiB of float32 result: in memory, TIFF
+    assert batch.output_format(256 * mib + 1) == "zarr"
+    assert batch.output_format(10 * 2**30, "tiff") == "tiff" and batch.output_format(1, "zarr") == "zarr"
+    assert batch.output_format(100, threshold=99) == "zarr"
+    with pytest.raises(OptionError, match="unknown output format") as info:
+        batch.output_format(1, "png")
+    assert info.value.options == ["format"]  # a hint each front door words as its own control
+    item = batch.BatchInput(Path("/data/sub/a.ome.tif"), Path("/data"))
+    assert batch.output_path("/out", item, "tiff") == Path("/out/sub/a.tif")
+    assert batch.output_path("/out", item, "zarr") == Path("/out/sub/a.ome.zarr")
+
+
+def test_summary_table_and_bars(capsys):
+    results = [batch.FileResult("/d/a.tif", "ok", 1.25, "/o/a.tif", "tiff"),
+               batch.FileResult("/d/b.tif", "failed", 0.0, "/o/b.tif", "tiff", reason="cannot be read")]
+    summary = batch.BatchSummary(results, Path("/o"), "m.n2x", seconds=2.0)
+    table = summary_table(summary).splitlines()
+    assert table[0].split() == ["file", "status", "seconds", "output", "reason"]
+    assert table[2].split() == ["/d/a.tif", "ok", "1.2", "/o/a.tif"]
+    assert table[3].endswith("cannot be read")
+    assert table[-1] == "2 file(s) in 2.0 s: 1 failed, 1 ok"
+    bars = BatchBars()
+    bars(batch.BatchEvent("start", total=2, workers=1))
+    bars(batch.BatchEvent("file", 0, "/d/a.tif"))
+    bars(batch.BatchEvent("chunks", 0, "/d/a.tif", 1, 2, 1))
+    bars(batch.BatchEvent("done", 0, "/d/a.tif", result=results[0]))
+    bars(batch.BatchEvent("done", 1, "/d/b.tif", result=results[1]))
+    assert bars.overall.n == 2 and not bars.bars
+    bars.close()
+    assert "n2x: /d/b.tif: failed: cannot be read" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case,message", [
@@ -282,11 +393,11 @@ def test_no_permission_and_no_space_are_refused_up_front(model_file, tmp_path, m
     tifffile.imwrite(d / "x.tif", rng_image((64, 64)))
     out = tmp_path / "out"
     real_access = os.access
-    monkeypatch.setattr(batch.os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode))
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode))
     with pytest.raises(N2xError, match="no permission"):
         batch.run_batch(model_file, [d], out)
-    monkeypatch.setattr(batch.os, "access", real_access)
-    monkeypatch.setattr(batch.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(os, "access", real_access)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(N2xError, match="not enough free disk space"):
         batch.run_batch(model_file, [d], out)
     assert not out.exists()

@@ -271,7 +271,7 @@ def test_existing_output_of_another_job_is_refused(tmp_path, model2d, model3d):
     dest = tmp_path / "x.ome.zarr"
     n2x.denoise_volume(model2d, img, dest, "YX")
     other = n2x.train(img, "YX", "n2v", patch_size=32, **{**TINY, "seed": 1})
-    with pytest.raises(n2x.OutputExistsError, match="another model.*--overwrite"):
+    with pytest.raises(n2x.OutputExistsError, match="another model.*overwrite"):
         n2x.denoise_volume(other, img, dest, "YX")
     with pytest.raises(n2x.OutputExistsError, match="another input"):
         n2x.denoise_volume(model2d, img + 1, dest, "YX")

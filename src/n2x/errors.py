@@ -17,6 +17,8 @@ from typing import Callable, Mapping
 #: How the Python API words an option in a hint. A boolean switch reads as an action; other options by name.
 API_WORDS: dict[str, str] = {
     "overwrite": "pass overwrite=True",
+    "recursive": "pass recursive=True",
+    "format": "fmt",  # run_batch's keyword (``format`` is a Python builtin)
 }
 
 Wording = Mapping[str, str] | Callable[[str], str]

@@ -1,12 +1,13 @@
 """Opening images lazily (TIFF/OME-TIFF through ``tifffile.aszarr``, zarr/OME-Zarr) and writing TIFF results.
 
 Nothing here reads a whole image: openers return a ``dask.array`` plus what the file says about its axes and
-pixel sizes.
+pixel sizes. A TIFF result carries its own record (the job fingerprint that decides whether a later run may skip
+it) in a private TIFF tag: see :func:`write_tiff` and :func:`read_tiff_record`.
 """
 from __future__ import annotations
 
+import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,17 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from .._files import atomic_path
 from ..errors import InputError, OutputExistsError
+from .paths import TIFF_SUFFIXES, is_tiff_name, is_zarr_path
 
-TIFF_SUFFIXES = (".tif", ".tiff")
+__all__ = ["ImageInfo", "open_image", "write_tiff", "read_tiff_record", "is_zarr_path", "TIFF_SUFFIXES",
+           "N2X_TIFF_TAG"]
+
+#: Private TIFF tag (in the range TIFF reserves for private use) holding the n2x record of a result as ASCII JSON:
+#: ``{"status": "complete", "fingerprint": {...}, "provenance": {...}}``, the same entry an OME-Zarr result keeps
+#: in its group attributes under ``n2x``. Readers that do not know the tag ignore it.
+N2X_TIFF_TAG = 65117
 # tifffile's axis letters -> ours. 'S' in tifffile is RGB samples, which are channels here.
 _TIFF_AXES = {"T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X", "S": "C", "Q": "S", "I": "S", "R": "S",
               "A": "S", "P": "S", "E": "S", "V": "S", "L": "S", "H": "S", "O": "S", "M": "S"}
@@ -37,12 +46,6 @@ class ImageInfo:
     extra: dict = field(default_factory=dict)
 
 
-def is_zarr_path(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return p.suffix == ".zarr" or (p.is_dir() and ((p / ".zgroup").exists() or (p / ".zarray").exists()
-                                                   or (p / "zarr.json").exists()))
-
-
 def open_image(path: str | os.PathLike, level: int = 0) -> ImageInfo:
     """Open a TIFF/OME-TIFF or zarr/OME-Zarr image lazily; :class:`InputError` when it cannot be read."""
     p = Path(path)
@@ -50,7 +53,7 @@ def open_image(path: str | os.PathLike, level: int = 0) -> ImageInfo:
         raise InputError(f"{p} does not exist")
     if is_zarr_path(p):
         return _open_zarr(p, level)
-    if p.suffix.lower() in TIFF_SUFFIXES:
+    if is_tiff_name(p):
         return _open_tiff(p, level)
     raise InputError(f"{p} is not a TIFF or zarr image (supported: .tif, .tiff, .ome.tif, .zarr, .ome.zarr)")
 
@@ -206,17 +209,21 @@ def _zarr_dimension_axes(arr: Any) -> str | None:
 
 
 def write_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, *, scale: dict[str, float] | None = None,
-               overwrite: bool = False, units: dict[str, str] | None = None) -> Path:
-    """Write ``data`` as a (BigTIFF-capable) TIFF atomically: a temporary file renamed into place when complete.
+               overwrite: bool = False, units: dict[str, str] | None = None, fingerprint: dict | None = None,
+               provenance: dict | None = None) -> Path:
+    """Write ``data`` (float32, axes ``axes``) as a (BigTIFF-capable) TIFF atomically: a temporary file renamed
+    into place when complete, so a TIFF under the final name is always whole.
 
     ``scale`` (physical size per pixel per axis letter) and ``units`` (per axis letter, e.g. ``"micrometer"``)
-    go into the ImageJ metadata where the axes allow an ImageJ hyperstack.
+    go into the ImageJ metadata where the axes allow an ImageJ hyperstack. ``fingerprint`` (the job fingerprint of
+    :func:`n2x.inference.fingerprint.job_fingerprint`) and ``provenance`` are stored in the tag
+    :data:`N2X_TIFF_TAG`, read back by :func:`read_tiff_record`; without a fingerprint no tag is written.
     """
     import tifffile
 
     p = Path(path)
     if p.exists() and not overwrite:
-        raise OutputExistsError(f"{p} exists; choose another output or pass --overwrite to replace it")
+        raise OutputExistsError(f"{p} exists", hint="choose another output, or {overwrite} to replace it")
     p.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(data, np.float32)
     if set(axes) <= set("TZCYX"):
@@ -237,12 +244,31 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, *, scale: d
     else:
         # Other sample axes: tifffile's shaped format keeps the axes (ours 'S' is its 'Q').
         kwargs = {"metadata": {"axes": axes.replace("S", "Q")}}
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".part", dir=p.parent)
-    os.close(fd)
-    try:
+    if fingerprint is not None:
+        record = {"status": "complete", "fingerprint": fingerprint, "provenance": provenance or {}}
+        # ASCII tag: JSON escapes any non-ASCII character; written once, in the first page.
+        text = json.dumps(record, sort_keys=True, ensure_ascii=True, default=str)
+        kwargs["extratags"] = [(N2X_TIFF_TAG, 2, 0, text, True)]
+    with atomic_path(p) as tmp:
         tifffile.imwrite(tmp, arr, **kwargs)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p
+
+
+def read_tiff_record(path: str | os.PathLike) -> dict | None:
+    """The n2x record a TIFF written by :func:`write_tiff` carries (``status``, ``fingerprint``, ``provenance``);
+    None for a file without one (not an n2x result, or not a readable TIFF). Reads the first page's tags only."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages[0].tags.get(N2X_TIFF_TAG)
+            value = tag.value if tag is not None else None
+    except Exception:  # not a TIFF, damaged, unreadable: no record, the caller treats it as not ours
+        return None
+    if not isinstance(value, str):
+        return None
+    try:
+        record = json.loads(value)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("fingerprint"), dict) else None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .._files import atomic_path
 from ..errors import ModelFileError
 
 FORMAT_NAME = "n2x-model"
@@ -36,14 +36,8 @@ def write_model_file(path: str | os.PathLike, state: dict[str, torch.Tensor], co
         "history": json.dumps(history),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from ..errors import OutputExistsError
+from .paths import is_within, is_zarr_dir
 
 NGFF_VERSIONS = ("0.4", "0.5")
 DONE_DIR = ".n2x-done"
@@ -66,7 +67,7 @@ def check_ngff_axes(axes: str) -> str | None:
     """Why ``axes`` cannot be written as an NGFF image (None when they can)."""
     if "S" in axes and "C" in axes:
         return ("OME-NGFF allows one channel-or-custom axis, but the data have both samples (S) and channels (C); "
-                "write a TIFF (-o out.tif), or denoise the samples one by one")
+                "write a TIFF, or denoise the samples one by one")
     spatial = sum(a in "ZYX" for a in axes)
     if spatial < 2:
         return f"OME-NGFF needs 2 or 3 spatial axes, the axes {axes!r} have {spatial}"
@@ -103,10 +104,6 @@ def multiscales_metadata(axes: str, *, scale: dict[str, float] | None = None,
     return ms
 
 
-def is_zarr_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in (".zgroup", ".zarray", "zarr.json"))
-
-
 def read_group_attrs(path: Path) -> dict | None:
     """The attributes of the zarr group at ``path`` (None when there is none or it cannot be read)."""
     import zarr
@@ -132,23 +129,19 @@ def remove_output(path: Path, source: Path | None = None) -> None:
     """Delete an existing output before it is replaced (``overwrite=True``).
 
     Only a zarr folder, an empty folder or a file is removed; a folder of other things is refused, so that a wrong
-    ``-o`` can never wipe a data folder. The input itself is never removed.
+    output path can never wipe a data folder. The input itself is never removed.
     """
-    if source is not None and _same_or_inside(source, path):
-        raise OutputExistsError(f"the output {path} would replace the input {source}; choose another output path")
+    if source is not None and is_within(source, path):
+        raise OutputExistsError(f"the output {path} would replace the input {source}",
+                                hint="choose another output path")
     if path.is_dir():
         if not is_zarr_dir(path) and any(path.iterdir()):
             raise OutputExistsError(
-                f"{path} exists and is a folder that is not a zarr; it is not removed even with --overwrite. "
-                "Choose another output path or remove it yourself")
+                f"{path} exists and is a folder that is not a zarr; it is not removed, not even to overwrite it",
+                hint="choose another output path, or remove it yourself")
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
-
-
-def _same_or_inside(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or b in a.parents
 
 
 def create_image(path: Path, shape: Sequence[int], axes: str, chunks: Sequence[int], *, attrs: dict[str, Any],

@@ -1,0 +1,222 @@
+"""Running a batch on ``dask.distributed``: one task per file on a local cluster sized to this machine or on any
+existing scheduler, with the model shipped to the workers and progress sent back as worker events.
+
+Model shipping: the model file's bytes (a few MB) are scattered once to every worker. A worker that sees the same
+file at the same path with the same SHA-256 (a shared file system) loads it from there; otherwise it writes the
+bytes into ``<tempdir>/n2x-model-cache/<sha256>.n2x`` and loads that. Cluster nodes therefore need no access to the
+client's files for the model, but they do need to read the inputs and write the output folder at the same paths (a
+shared file system, as on any HPC cluster).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .._files import write_bytes_atomic
+from ..device import usable_cpu_count
+from ..errors import N2xError
+from ..io.model_file import file_sha256
+from ..model import Model
+from .journal import Journal
+from .one_file import denoise_file, task_spec
+from .plan import PlanItem
+from .results import BatchEvent, FileResult
+
+#: each local worker gets this much RAM at least when the worker count is chosen automatically (bytes)
+WORKER_MEMORY = 2 * 2**30
+#: seconds between two progress messages of one file sent from a cluster worker (keeps the scheduler quiet)
+PROGRESS_INTERVAL = 0.25
+
+#: models loaded on this worker process, by (SHA-256 of the file, device)
+_MODEL_CACHE: dict[tuple[str, str], Model] = {}
+_MODEL_LOCK = threading.Lock()
+
+
+def default_workers(n_files: int) -> tuple[int, int]:
+    """``(workers, torch threads per worker)`` for a local cluster on this machine.
+
+    With CUDA: one worker per GPU. Otherwise workers of two torch threads each (convolutions scale poorly beyond a
+    few threads per process, and separate processes also overlap reading and writing), no more than the cores, the
+    files, or the memory allows (:data:`WORKER_MEMORY` each).
+    """
+    cores = usable_cpu_count()
+    if torch.cuda.is_available():
+        n = max(1, min(torch.cuda.device_count(), n_files))
+        return n, max(1, cores // n)
+    try:
+        import psutil
+
+        by_memory = int(psutil.virtual_memory().available // WORKER_MEMORY)
+    except Exception:
+        by_memory = cores
+    n = max(1, min(cores // 2, n_files, by_memory))
+    return n, max(1, cores // n)
+
+
+def connect(scheduler: str | None, n_workers: int) -> tuple[Any, Any]:
+    """``(client, cluster)``: a dask client of the cluster at ``scheduler`` (cluster None), or of a new local
+    cluster of ``n_workers`` processes (closed by the caller)."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except (OSError, TimeoutError) as exc:
+            raise N2xError(f"cannot connect to the dask scheduler at {scheduler} ({exc})",
+                           hint="check {scheduler} and that the scheduler is running") from None
+    try:
+        # One task thread per worker: torch's own threads use the cores; the dashboard is off (no port clash).
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+        return Client(cluster), cluster
+    except Exception as exc:
+        raise N2xError(f"cannot start a local dask cluster ({type(exc).__name__}: {exc})",
+                       hint="set {workers} to 1 to run in this process") from None
+
+
+def model_blob(path: Path) -> dict[str, Any]:
+    """The model as it is shipped to workers: its bytes, SHA-256 and the client's path to it."""
+    return {"path": str(path.resolve()), "sha256": file_sha256(path), "data": path.read_bytes()}
+
+
+def worker_model(blob: dict[str, Any], device: str) -> Model:
+    """The shipped model on this worker, loaded once per worker and device.
+
+    The client's path is used when it holds the same bytes here (shared file system, right provenance path);
+    otherwise the bytes go to a per-user cache file named by their hash (written atomically, so concurrent workers
+    on one node never read a half-written model).
+    """
+    key = (blob["sha256"], device)
+    with _MODEL_LOCK:
+        if key in _MODEL_CACHE:
+            return _MODEL_CACHE[key]
+        path = Path(blob["path"])
+        try:
+            same = path.is_file() and file_sha256(path) == blob["sha256"]
+        except OSError:
+            same = False
+        if not same:
+            cache = Path(tempfile.gettempdir()) / "n2x-model-cache"
+            cache.mkdir(parents=True, exist_ok=True)
+            path = cache / f"{blob['sha256']}.n2x"
+            if not path.exists():
+                write_bytes_atomic(path, blob["data"])
+        model = Model.load(path, device=device)
+        _MODEL_CACHE[key] = model
+        return model
+
+
+def worker_device(device: str, worker_name: Any) -> str:
+    """``auto`` on a worker with several GPUs: the GPU of the worker's number (local cluster workers are named
+    0, 1, ...), so that each worker has its own GPU."""
+    if device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        try:
+            return f"cuda:{int(worker_name) % torch.cuda.device_count()}"
+        except (TypeError, ValueError):
+            return "cuda"
+    return device
+
+
+def denoise_task(spec: dict[str, Any], blob: dict[str, Any], topic: str | None,
+                 torch_threads: int | None) -> dict[str, Any]:
+    """One file on a dask worker: set torch's threads, get the model, denoise, send progress as worker events."""
+    import dask
+    from distributed import get_worker
+
+    worker = get_worker()
+    # Inside a task, a dask compute without an explicit scheduler goes to the worker's client, i.e. ships the
+    # graph of the lazily opened input to the scheduler (a TIFF's store cannot even be serialised). Reading an input
+    # belongs on this worker: its local threads. Set for the worker process (not a context manager, which concurrent
+    # tasks of a multi-threaded worker would undo under each other); it only changes where computes inside tasks run.
+    if dask.config.get("scheduler", None) != "threads":
+        dask.config.set(scheduler="threads")
+    if not torch_threads:
+        # On a cluster we did not start: the cores this process may use, shared by the worker's task threads.
+        torch_threads = max(1, usable_cpu_count() // max(1, int(getattr(worker.state, "nthreads", 1) or 1)))
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
+    index = spec["index"]
+    last = [0.0]
+
+    def report(done: int, total: int, skipped: int) -> None:
+        now = time.monotonic()
+        if topic and (done >= total or now - last[0] >= PROGRESS_INTERVAL):
+            last[0] = now
+            worker.log_event(topic, {"index": index, "done": done, "total": total, "skipped": skipped})
+
+    if topic:
+        worker.log_event(topic, {"index": index, "start": True})
+    try:
+        model = worker_model(blob, worker_device(spec.get("device", "auto"), worker.name))
+    except N2xError as exc:
+        return FileResult(spec["file"], "failed", 0.0, spec["output"], spec["format"], str(exc)).to_dict()
+    return denoise_file(spec, model, report).to_dict()
+
+
+def run_distributed(client: Any, todo: Sequence[PlanItem], model_path: Path, options: dict[str, Any],
+                    torch_threads: int | None, journal: Journal, emit: Callable[[BatchEvent], None]) -> None:
+    """One dask task per file through ``client``; results recorded in ``journal`` as they come, progress to
+    ``emit``. ``torch_threads``: per worker (None on a cluster we did not start: decided on each worker).
+
+    Progress comes back as worker events (``Worker.log_event`` -> ``Client.subscribe_topic``): batched with the
+    worker's other messages, no extra scheduler state; the main thread drains them while waiting for results.
+    """
+    from distributed import as_completed
+
+    events: queue.Queue = queue.Queue()
+    topic = f"n2x-batch-{uuid.uuid4().hex}"
+    futures: dict[Any, PlanItem] = {}
+    try:
+        client.subscribe_topic(topic, lambda ev: events.put(ev[1]))
+        blob = client.scatter(model_blob(model_path), broadcast=True)
+        for item in todo:
+            fut = client.submit(denoise_task, task_spec(item, options), blob, topic, torch_threads,
+                                key=f"n2x-denoise-{item.index}-{topic}", pure=False, retries=0)
+            futures[fut] = item
+        by_index = {i.index: i for i in todo}
+        ac = as_completed(list(futures))
+
+        def drain() -> None:
+            while True:
+                try:
+                    msg = events.get_nowait()
+                except queue.Empty:
+                    return
+                item = by_index.get(int(msg.get("index", -1)))
+                if item is None or item.index in journal.done:
+                    continue
+                if msg.get("start"):
+                    emit(BatchEvent("file", item.index, item.file))
+                else:
+                    emit(BatchEvent("chunks", item.index, item.file, int(msg["done"]), int(msg["total"]),
+                                    int(msg["skipped"])))
+
+        while not ac.is_empty():
+            drain()
+            for fut in ac.next_batch(block=False) if ac.has_ready() else []:
+                item = futures[fut]
+                try:
+                    res = FileResult(**fut.result())
+                except Exception as exc:  # the worker died (killed for memory...) or could not run the task
+                    res = item.result("failed", reason=f"the worker failed ({type(exc).__name__}: {exc})")
+                drain()
+                journal.record(item, res)
+                emit(BatchEvent("done", item.index, item.file, result=res))
+            time.sleep(0.05)
+        drain()
+    except KeyboardInterrupt:
+        client.cancel(list(futures), force=True)
+        raise
+    finally:
+        try:
+            client.unsubscribe_topic(topic)
+        except Exception:
+            pass

@@ -1,0 +1,140 @@
+"""Planning a chunked volume run: memory budget, core tile, output chunk grid, tiles per batch, samples per read.
+
+All sizes are in pixels along the spatial axes of the model's layout (``Z, Y, X`` or ``Y, X``) unless a name says
+bytes. Spatial sizes are multiples of the network's downsampling factor (``model.multiple``) so that every tile and
+chunk starts on the network's pooling grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil, prod
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.axes import Layout
+from ..errors import OptionError
+from .tiling import default_tile, round_up, tiles_per_batch
+
+#: input bytes read at once for a run of samples of a 2D model (several planes share one input chunk)
+SLAB_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class VolumePlan:
+    """The geometry of one run. ``tile``: core tile wanted (spatial pixels); ``chunk``: spatial chunk shape of the
+    output; ``halo``: pixels of context per side; ``budget``: bytes of activations one network call may use."""
+
+    tile: tuple[int, ...]
+    chunk: tuple[int, ...]
+    halo: int
+    budget: float
+
+
+def memory_budget(device: Any) -> float:
+    """Bytes of activations the network may use per batch: half the free device memory on CUDA, else a quarter
+    of the available RAM capped at 512 MiB (the CPU gains nothing from bigger batches)."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.5 * free
+    try:
+        import psutil
+
+        avail = psutil.virtual_memory().available
+    except Exception:
+        avail = 4 * 2**30
+    return float(min(0.25 * avail, 512 * 2**20))
+
+
+def _network_width(model: Any, channels: int) -> tuple[int, int]:
+    """``(features, channels seen by one network call)``: what the activation size of a tile scales with."""
+    feats = int(model.config["network"].get("features", 32))
+    return feats, (channels if model.config["channels"] == "joint" else 1)
+
+
+def auto_tile(model: Any, spatial_shape: Sequence[int], budget: float) -> tuple[int, ...]:
+    """Core tile (spatial pixels) for ``model``: the default tile, grown while one tile fits half ``budget``
+    bytes (large tiles on a GPU waste less on halos)."""
+    m, halo = model.multiple, model.halo
+    feats, ch = _network_width(model, model.n_channels)
+    core = default_tile(spatial_shape, m, halo)
+    limit = tuple(round_up(n, m) for n in spatial_shape)
+    while True:
+        bigger = tuple(min(lim, c * 2) for c, lim in zip(core, limit))
+        # Same rough activation size as tiles_per_batch: features x 6 float32 per pixel and channel.
+        if bigger == core or prod(c + 2 * halo for c in bigger) * ch * feats * 6 * 4 > budget / 2:
+            return core
+        core = bigger
+
+
+def core_for_chunk(chunk: Sequence[int], tile: Sequence[int], multiple: int) -> tuple[int, ...]:
+    """The largest core tile not above ``tile`` that splits ``chunk`` into equal parts (rounded to ``multiple``)."""
+    out = []
+    for c, t in zip(chunk, tile):
+        k = max(1, ceil(c / max(int(t), 1)))
+        out.append(max(multiple, round_up(ceil(c / k), multiple)))
+    return tuple(out)
+
+
+def spatial_sizes(value: Sequence[int] | int | None, ndim: int, option: str) -> tuple[int, ...] | None:
+    """``value`` (one size, or one per spatial axis) as ``ndim`` positive sizes; None stays None.
+    ``option`` is the engine option's name (``tile``, ``chunks``), used in the error's hint."""
+    if value is None:
+        return None
+    t = (int(value),) * ndim if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
+    if len(t) != ndim or any(v <= 0 for v in t):
+        raise OptionError(f"{option} {value!r} needs one positive size per spatial axis ({ndim})",
+                          hint="give {" + option + "} one size, or one per spatial axis")
+    return t
+
+
+def plan_volume(model: Any, layout: Layout, *, tile: Sequence[int] | int | None = None,
+                chunks: Sequence[int] | int | None = None, halo: int | None = None) -> VolumePlan:
+    """Tile, chunk grid and halo of a run of ``model`` on data of ``layout``.
+
+    ``tile``: core tile wanted (default from the model and the memory budget of its device); ``chunks``: spatial
+    chunk shape of the output (default two tiles per axis, one tile deep in 3D); ``halo``: context per side
+    (default the model's receptive radius). All are rounded up to the network's multiple and capped at the image.
+    """
+    m = model.multiple
+    halo_px = model.halo if halo is None else max(0, round_up(int(halo), m))
+    nd = layout.ndim_spatial
+    limit = tuple(round_up(n, m) for n in layout.spatial_shape)
+    budget = memory_budget(model.device)
+    want = spatial_sizes(tile, nd, "tile") or auto_tile(model, layout.spatial_shape, budget)
+    want = tuple(min(max(m, round_up(t, m)), lim) for t, lim in zip(want, limit))
+    user_chunks = spatial_sizes(chunks, nd, "chunks")
+    if user_chunks is not None:
+        chunk = tuple(min(max(m, round_up(c, m)), lim) for c, lim in zip(user_chunks, limit))
+    else:
+        # Two tiles per axis: chunks big enough to batch a few tiles, small enough for a viewer to load quickly.
+        chunk = tuple(min(2 * t, lim) for t, lim in zip(want, limit))
+        if nd == 3:
+            chunk = (min(want[0], limit[0]),) + chunk[1:]
+    return VolumePlan(tile=want, chunk=chunk, halo=halo_px, budget=budget)
+
+
+def batch_for_core(model: Any, layout: Layout, core: Sequence[int], halo: int, budget: float,
+                   batch_size: int | None = None) -> int:
+    """Tiles per network call: ``batch_size`` when given, else as many tiles of ``core`` as ``budget`` bytes hold."""
+    if batch_size:
+        return int(batch_size)
+    feats, ch = _network_width(model, layout.n_channels)
+    return tiles_per_batch(core, halo, ch, feats, budget)
+
+
+def samples_per_read(data: Any, layout: Layout, chunk: Sequence[int], halo: int) -> int:
+    """Samples read together along the last sample axis: as many as share one input chunk there (e.g. the planes
+    of a Z-chunked stack through a 2D model), within :data:`SLAB_BYTES` of float32 input windows."""
+    if not layout.sample_axes:
+        return 1
+    in_chunk = 1
+    chunksize = getattr(data, "chunksize", None) or getattr(data, "chunks", None)
+    if chunksize is not None and len(chunksize) == len(layout.shape) and isinstance(chunksize[0], (int, np.integer)):
+        in_chunk = int(chunksize[layout.axes.index(layout.sample_axes[-1])])
+    window = prod(c + 2 * halo for c in chunk)
+    # x2: the raw window and its normalised copy are alive together
+    fit = max(1, int(SLAB_BYTES // max(1, window * layout.n_channels * 4 * 2)))
+    return max(1, min(in_chunk, fit, layout.sample_shape[-1]))
