@@ -9,6 +9,7 @@ Training: :func:`train`, :func:`train_iter` (options: :data:`TRAIN_OPTIONS` and 
 """
 from __future__ import annotations
 
+from .._progress import drain
 from ..batch import (BatchEvent, BatchSummary, FileResult, PlanItem, expand_inputs, input_paths, is_batch_job,
                      output_format, output_stem, plan_batch)
 from ..data.axes import Layout, check_dtype, guess_axes, make_layout
@@ -24,17 +25,17 @@ from ..model import Model
 from ..options import AUTO, Option, parse_shape
 from ..training import TrainProgress
 from ._denoising import denoise, denoise_files, denoise_volume, iter_denoise_volume
-from ._models import as_model, load_model, save_model
+from ._models import as_model, load_model, model_file_path, save_model
 from ._training import DEFAULT_SECONDS, TRAIN_OPTIONS, train, train_iter
 
 __all__ = [
     "train", "train_iter", "TrainProgress", "TRAIN_OPTIONS", "DEFAULT_SECONDS",
     "method_names", "method_info", "MethodInfo", "register_method", "unregister_method", "Option", "AUTO",
     "parse_shape", "probe_noise", "NoiseReport",
-    "Model", "load_model", "save_model", "as_model",
+    "Model", "load_model", "save_model", "as_model", "model_file_path",
     "denoise", "denoise_volume", "iter_denoise_volume", "VolumeProgress",
     "denoise_files", "BatchEvent", "BatchSummary", "FileResult", "PlanItem", "plan_batch", "expand_inputs",
     "input_paths", "is_batch_job", "output_format", "output_stem",
     "open_image", "ImageInfo", "is_zarr_path", "write_tiff", "guess_axes", "make_layout", "Layout", "check_dtype",
-    "noisy_sample", "parse_duration", "DEVICE_CHOICES", "PRECISION_CHOICES", "N2xError", "N2xWarning",
+    "noisy_sample", "parse_duration", "drain", "DEVICE_CHOICES", "PRECISION_CHOICES", "N2xError", "N2xWarning",
 ]

@@ -15,14 +15,18 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "aut
     return Model.load(path, device=device)
 
 
+def model_file_path(path: str | os.PathLike) -> Path:
+    """The path a model is saved to: ``path`` with ``.n2x`` added when it has another ending or none."""
+    path = Path(path)
+    return path if path.suffix == ".n2x" else path.with_name(path.name + ".n2x")
+
+
 def save_model(model: Model, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``model`` to ``path`` (``.n2x`` is added when missing), atomically; returns the path written.
 
     An existing file is replaced only with ``overwrite`` (:class:`~n2x.errors.OutputExistsError` otherwise).
     """
-    path = Path(path)
-    if path.suffix != ".n2x":
-        path = path.with_name(path.name + ".n2x")
+    path = model_file_path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists", hint="choose another file name, or {overwrite} to replace it")
     return model.save(path)

@@ -135,7 +135,11 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
         "learning_rate": learning_rate, "channels": channels, "dims": dims,
         "normalization": normalization, "val_fraction": val_fraction, "max_memory": max_memory,
         "precision": precision, "seed": seed, "steps": steps, "epochs": epochs}, "training")
-    channels = common["channels"]
+    defaults = {o.name: o.default for o in TRAIN_OPTIONS}
+    # From here on the checked values (a front door may pass text: "8" steps, "0.01" learning rate)
+    learning_rate, channels, normalization, val_fraction, max_memory, precision, seed, steps, epochs = (
+        common.get(k, defaults[k]) for k in ("learning_rate", "channels", "normalization", "val_fraction",
+                                             "max_memory", "precision", "seed", "steps", "epochs"))
     images = _as_list(images)
     if not images:
         raise InputError("no training images were given")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from .. import api
@@ -61,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     axes = infos[0].axes
     if any(i.axes != axes for i in infos):
         raise N2xError("the training images have different axes", hint="give {axes}, or train on matching files")
-    out = Path(args.output)
+    out = api.model_file_path(args.output)
     if out.exists() and not args.overwrite:
         raise N2xError(f"{out} exists", hint="choose another name, or {overwrite} to replace it")
     common = given(args, [o.name for o in api.TRAIN_OPTIONS])
@@ -80,20 +79,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         total, unit = 100.0, "%"
     bar = progress_bar(total, f"train {args.method}", args.quiet, unit)
-    model = None
+
+    def show(pr: Any) -> None:
+        bar.n = pr.step if steps is not None else min(total, pr.fraction * total)
+        post = {"step": pr.step, "loss": f"{pr.loss:.4f}"}
+        if pr.best_val_loss is not None:
+            post["val"] = f"{pr.best_val_loss:.4f}"
+        bar.set_postfix(post, refresh=False)
+        bar.refresh()
+
     try:
-        while True:
-            try:
-                pr = next(gen)
-            except StopIteration as done:
-                model = done.value
-                break
-            bar.n = pr.step if steps is not None else min(total, pr.fraction * total)
-            post = {"step": pr.step, "loss": f"{pr.loss:.4f}"}
-            if pr.best_val_loss is not None:
-                post["val"] = f"{pr.best_val_loss:.4f}"
-            bar.set_postfix(post, refresh=False)
-            bar.refresh()
+        model = api.drain(gen, show)
     except KeyboardInterrupt:
         bar.close()
         print("n2x: interrupted; nothing was saved", file=sys.stderr)
