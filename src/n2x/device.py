@@ -27,11 +27,13 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise N2xError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+            raise N2xError(f"device {device!r} was asked for but CUDA is not available here",
+                           hint="set {device} to cpu or auto")
         return torch.device(name)
     if name == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise N2xError("device 'mps' was asked for but Apple MPS is not available here; use --device cpu or auto")
+            raise N2xError("device 'mps' was asked for but Apple MPS is not available here",
+                           hint="set {device} to cpu or auto")
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")

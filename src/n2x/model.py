@@ -14,11 +14,12 @@ from .data.axes import Layout, check_dtype, check_finite, make_layout
 from .data.normalize import Normalization
 from .device import autocast_dtype, select_device
 from .errors import ModelFileError, ModelMismatchError
-from .inference.tiling import default_tile, predict_image, run_network, tiles_per_batch
+from .inference.tiling import default_tile, predict_image, round_up, run_network, tiles_per_batch
 from .io.model_file import FORMAT_VERSION, file_sha256, read_model_file, state_sha256, write_model_file
 from .methods import method_from_config
 from .methods.base import Method
 from .nets import memory_format, optimize_for_inference
+from .nets.dihedral import TRANSFORMS, dihedral_mean
 
 
 class Model:
@@ -110,7 +111,8 @@ class Model:
     def predict_tiles(self, tiles: np.ndarray, positions: Sequence[tuple[int, ...]] = (), tta: bool = False) -> np.ndarray:
         """Denoise a batch of normalised tiles ``(B, C, *tile)`` on the model's device (float32 numpy back).
 
-        ``tta`` averages the predictions of the 8 flips and 90-degree rotations in the YX plane (8x the time; tile
+        ``tta`` averages the predictions of the 8 flips and 90-degree rotations in the YX plane
+        (:func:`n2x.nets.dihedral.dihedral_mean`; 8x the time; tile
         sizes are multiples of the network's factor, so each transformed tile keeps the pooling grid aligned and the
         result stays independent of the tiling).
         """
@@ -128,17 +130,7 @@ class Model:
             return self.method.predict(net, t.contiguous(memory_format=fmt), tuple(pos))
 
         def fn(t: torch.Tensor) -> torch.Tensor:
-            if not tta:
-                return once(t)
-            total = None
-            for flip in (False, True):
-                tf = t.flip(-1) if flip else t
-                for k in range(4):
-                    y = once(torch.rot90(tf, k, dims=(-2, -1)))
-                    y = torch.rot90(y, -k, dims=(-2, -1))
-                    y = y.flip(-1) if flip else y
-                    total = y.float() if total is None else total + y.float()
-            return total / 8
+            return dihedral_mean(once, t, len(TRANSFORMS)) if tta else once(t)
 
         y = run_network(fn, x, self._device, autocast_dtype(self._device))
         return y.reshape(tiles.shape[:2] + y.shape[2:]) if independent and c > 1 else y
@@ -184,7 +176,7 @@ class Model:
         tile = (tile,) * layout.ndim_spatial if isinstance(tile, int) else tuple(tile)
         if len(tile) != layout.ndim_spatial:
             raise ModelMismatchError(f"tile {tile} must have one size per spatial axis ({layout.spatial})")
-        return tuple(max(m, -(-int(t) // m) * m) for t in tile)
+        return tuple(max(m, round_up(t, m)) for t in tile)
 
     # -- files ---------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -81,7 +81,9 @@ class Option:
             except OptionError as exc:
                 raise OptionError(f"{lead}{exc}") from None
         if self.type == "image":
-            if not hasattr(value, "shape"):
+            # one array, or a list of arrays: one per training image (N2N's target)
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+            if not items or not all(hasattr(v, "shape") for v in items):
                 raise OptionError(f"{lead}{self.name} must be an image (an array), not {type(value).__name__}")
             return value
         try:
@@ -99,6 +101,9 @@ class Option:
             kind = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(self.type, "text")
             extra = " or 'auto'" if self.auto else ""
             raise OptionError(f"{lead}{self.name} must be {kind}{extra}, not {value!r}") from None
+        if self.choices and isinstance(out, str) and out not in self.choices:
+            # text is matched without case and comes back as declared (N2N's along: "t" -> "T")
+            out = next((c for c in self.choices if str(c).lower() == out.lower()), out)
         if self.choices and out not in self.choices:
             raise OptionError(f"{lead}{self.name} must be one of {', '.join(map(str, self.choices))}, not {value!r}")
         if self.range is not None and self.type in ("int", "float"):

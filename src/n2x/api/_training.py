@@ -58,7 +58,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("val_fraction", "float", VAL_FRACTION, "share of the data held out for validation",
            label="Validation share", range=(0.0, 0.5), advanced=True),
     Option("max_memory", "float", MAX_MEMORY, "training patches kept in memory; larger data are sampled lazily",
-           label="Memory for patches", range=(2**20, 2**44), unit="bytes", advanced=True),
+           label="Memory for patches", range=(1e5, 2**44), unit="bytes", advanced=True),
     Option("device", "str", "auto", f"{', '.join(DEVICE_CHOICES)} (or cuda:N)", advanced=True),
     Option("precision", "str", "auto", "mixed precision in training: auto (bfloat16 on CUDA and on CPUs with "
            "hardware bfloat16, float32 elsewhere), float32 or bfloat16", choices=PRECISION_CHOICES, advanced=True),

@@ -34,8 +34,8 @@ def normalize_pairs(pairs: str | None) -> str | None:
 def normalize_along(along: str | None, pairs: str) -> str:
     """The pairing axis (``T`` or ``Z``) or an :class:`InputError` that says what to give."""
     if along is None or along == "":
-        raise InputError(f"pairs={pairs!r} needs the axis along which frames or planes are paired: "
-                         "along='T' (time frames) or along='Z' (planes); on the command line --along T or --along Z")
+        raise InputError(f"pairs {pairs!r} need the axis along which frames or planes are paired",
+                         hint="set {along} to T (time frames) or Z (planes)")
     a = str(along).upper()
     if a not in PAIR_AXES:
         raise InputError(f"along must be 'T' or 'Z', not {along!r}")
@@ -76,15 +76,16 @@ def partner_samples(layout: Layout, along: str, pairs: str) -> list[tuple[int, i
     ``2k + 1`` (two acquisitions per time point, stored interleaved; an odd last frame has no partner).
     """
     if along not in layout.axes:
-        raise InputError(f"pairs along {along} need a {along} axis, but the image's axes are {layout.axes!r}; "
-                         f"choose along={'Z' if along == 'T' else 'T'!r} or give the axes that name it")
+        raise InputError(f"pairs along {along} need a {along} axis, but the image's axes are {layout.axes!r}",
+                         hint=f"set {{along}} to {'Z' if along == 'T' else 'T'}, or give the {{axes}} that name it")
     if along in layout.spatial:
-        raise InputError(f"pairs along {along} cannot be formed with a 3D network that sees {along} as space; "
-                         f"use dims=2 (--dims 2) so that {along} planes are paired one by one")
+        raise InputError(f"pairs along {along} cannot be formed with a 3D network that sees {along} as space",
+                         hint=f"set {{dims}} to 2, so that {along} planes are paired one by one")
     n = layout.shape[layout.axes.index(along)]
     if n < 2:
         raise InputError(f"{pairs} pairing needs at least 2 {'frames' if along == 'T' else 'planes'} along {along}, "
-                         f"but the image has {n}; give a second acquisition as target, or use pairs='subsample'")
+                         f"but the image has {n}", hint="give a second acquisition as {target}, or set {pairs} to "
+                         "subsample")
     if pairs == "adjacent":
         steps = [(k, k + 1) for k in range(n - 1)]
     else:

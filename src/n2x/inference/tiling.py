@@ -17,13 +17,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .._numbers import round_up  # noqa: F401 - re-exported: tiling's users round tiles up
+
 
 class Stopped(Exception):
     """A stop request seen between two batches of tiles."""
-
-
-def round_up(n: int, m: int) -> int:
-    return -(-int(n) // m) * m
 
 
 def default_tile(spatial_shape: Sequence[int], multiple: int, halo: int) -> tuple[int, ...]:

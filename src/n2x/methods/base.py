@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._numbers import round_up
 from ..nets import build_network
 from ..options import Option
 
@@ -22,8 +23,12 @@ class Method:
     #: display name and one-line description shown by the front doors
     label: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    #: the options a user may set (the CLI flags and widget panels are generated from them)
+    #: the options a user may set (the CLI flags and widget panels are generated from them); their defaults are the
+    #: method's defaults (constructors take them from here through :meth:`settled`)
     options: ClassVar[tuple[Option, ...]] = ()
+    #: parameters a model file stores besides the options: what training settled (e.g. N2N's ``pairing``, AP-BSN's
+    #: fitted ``box_filter``); :meth:`from_params` puts them back, a user cannot set them
+    internal: ClassVar[tuple[str, ...]] = ()
     #: how many aligned arrays each training patch needs (1: the noisy image; 2: input and independent target)
     n_stacks: ClassVar[int] = 1
     #: preferred training patch shape by number of spatial dims (None: the engine's default)
@@ -51,8 +56,28 @@ class Method:
 
     @classmethod
     def from_params(cls, **params: Any) -> "Method":
-        """Rebuild from the parameters a model file stored (see :meth:`to_config`)."""
-        return cls(**params)
+        """Rebuild from the parameters a model file stored (see :meth:`to_config`): the options go through the
+        constructor (checked as a user's would be), the :attr:`internal` parameters are put back as stored."""
+        state = {k: params.pop(k) for k in cls.internal if k in params}
+        method = cls(**params)
+        method.params.update(state)
+        return method
+
+    @classmethod
+    def settled(cls, entry: str, **given: Any) -> dict[str, Any]:
+        """The values of the method options (not the data options) of registry entry ``entry``: each given value
+        checked and converted by its declaration (:class:`~n2x.errors.OptionError` otherwise), the declared default
+        where it is ``None``. Constructors call this, so the declaration is the one place of every default and
+        range, and a method built directly (not through :func:`~n2x.methods.get_method`) is checked the same way."""
+        out = {}
+        for opt in cls.declared_options(entry):
+            if opt.data:
+                continue
+            value = opt.parse(given.pop(opt.name, None), f"method {entry!r}")
+            out[opt.name] = opt.default if value is None else value
+        if given:  # a constructor passed a name its class does not declare: a bug in the method, not a user error
+            raise TypeError(f"{cls.__name__} declares no option {', '.join(sorted(given))}")
+        return out
 
     # -- network ---------------------------------------------------------------------------------------------
     def spatial_dims(self, requested: int | None, **options: Any) -> int | None:
@@ -91,7 +116,7 @@ class Method:
         """Halo in pixels (per side, along each spatial axis) a tile needs so its cropped output is exact."""
         r = net.receptive_radius()
         m = self.multiple(net)
-        return -(-r // m) * m
+        return round_up(r, m)
 
     def multiple(self, net: nn.Module) -> int:
         """Tile sizes (halo included) must be multiples of this."""

@@ -19,14 +19,15 @@ import torch
 from torch import nn
 
 from ..errors import InputError, N2xError
+from ..options import Option
 from .base import Method
 
 LOSSES = ("l2", "l1")
 
-HOW_TO_PAIR = ("Noise2Noise needs pairs of independent noisy images of the same scene: give a second acquisition as "
-               "target (target=ARRAY; --target FILE), pair frames or planes inside a stack (pairs='adjacent' or "
-               "'even-odd' with along='T' or 'Z'; --pairs adjacent --along T), or sub-sample a single image "
-               "(pairs='subsample'; --pairs subsample)")
+PAIRS = ("adjacent", "even-odd", "subsample")
+#: what to do when no pairs were given (a hint in the engine's option names, worded by each front door)
+HOW_TO_PAIR = ("give a second acquisition of the same scene as {target}, pair frames or planes inside a stack with "
+               "{pairs} adjacent or even-odd and {along} T or Z, or sub-sample a single image with {pairs} subsample")
 
 
 def _cells(x: torch.Tensor) -> torch.Tensor:
@@ -68,22 +69,37 @@ def _take(cells: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 class N2N(Method):
     """Noise2Noise.
 
-    Parameters: ``loss`` (``"l2"``, default, for zero-mean noise; ``"l1"`` for impulse noise), ``swap`` (use each
-    pair both ways, input->target and target->input: both are noisy realisations; default True), ``gamma``
-    (weight of the Neighbor2Neighbor regulariser, default 1), ``pairing`` (recorded by training: ``target``,
-    ``adjacent``, ``even-odd`` or ``subsample``).
+    Options (:attr:`options`): ``loss`` (``"l2"``, default, for zero-mean noise; ``"l1"`` for impulse noise),
+    ``swap`` (use each pair both ways, input->target and target->input: both are noisy realisations; default True),
+    ``gamma`` (weight of the Neighbor2Neighbor regulariser, default 1), and the data options ``target``, ``pairs``
+    and ``along`` (passed to :meth:`make_sources`). Recorded by training: ``pairing`` (``target``, ``adjacent``,
+    ``even-odd`` or ``subsample``) and ``along``.
     """
 
     name = "n2n"
+    label = "Noise2Noise (N2N)"
+    description = ("Learns from two noisy views of the same scene: another image, neighbouring frames/planes, "
+                   "even/odd frames, or sub-sampled pairs of one image.")
+    options = (
+        Option("pairs", "str", None, "form the pairs inside the image: adjacent (frame or plane k with k + 1), "
+               "even-odd (2k with 2k + 1), both along the axis given by along, or subsample (two neighbouring "
+               "pixels of every 2 x 2 cell, Neighbor2Neighbor; needs pixel-independent noise); give pairs or "
+               "target", label="Partner", choices=PAIRS, data=True),
+        Option("target", "image", None, "a second noisy acquisition of the same scene, same shape and axes as the "
+               "image; give target or pairs", label="Partner image", data=True),
+        Option("along", "str", None, "the axis along which adjacent or even-odd pairs are formed: T (time frames) "
+               "or Z (planes; the network is then 2D)", label="Pair along", choices=("T", "Z"), data=True),
+        Option("loss", "str", "l2", "training loss: l2 (mean squared error, for zero-mean noise; default) or l1 "
+               "(mean absolute error, for impulse-like noise)", label="Loss", choices=LOSSES),
+        Option("swap", "bool", True, "use each pair both ways, input to target and target to input (both are "
+               "noisy views; default true)", label="Swap pairs", advanced=True),
+        Option("gamma", "float", 1.0, "weight of the Neighbor2Neighbor regulariser with pairs subsample (default "
+               "1; 0 turns it off)", label="Regulariser weight", range=(0.0, 100.0), advanced=True),
+    )
+    internal = ("pairing", "along")
 
-    def __init__(self, loss: str = "l2", swap: bool = True, gamma: float = 1.0, pairing: str | None = None,
-                 along: str | None = None, **extra: Any):
-        loss = str(loss).lower()
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, not {gamma}")
-        super().__init__(loss=loss, swap=bool(swap), gamma=float(gamma), pairing=pairing, along=along, **extra)
+    def __init__(self, loss: str | None = None, swap: bool | None = None, gamma: float | None = None):
+        super().__init__(**self.settled("n2n", loss=loss, swap=swap, gamma=gamma), pairing=None, along=None)
 
     # -- network ---------------------------------------------------------------------------------------------
     def network_config(self, ndim: int, channels: int, overrides: dict | None = None, **options: Any) -> dict:
@@ -103,8 +119,8 @@ class N2N(Method):
         pairs, along = normalize_pairs(options.get("pairs")), options.get("along")
         if pairs in ("adjacent", "even-odd") and isinstance(along, str) and along.upper() == "Z":
             if requested == 3:
-                raise InputError("pairs along Z pair planes, so the network must be 2D: use dims=2 (--dims 2), or "
-                                 "pair along T with a 3D network")
+                raise InputError("pairs along Z pair planes, so the network must be 2D",
+                                 hint="leave {dims} unset or set it to 2, or set {along} to T for a 3D network")
             return 2
         return requested
 
@@ -128,11 +144,14 @@ class N2N(Method):
             raise N2xError(f"method 'n2n' does not take {', '.join(sorted(extra))}")
         pairs = normalize_pairs(pairs)
         if target is not None and pairs is not None:
-            raise InputError("give either a target (a second acquisition) or pairs, not both")
+            raise InputError("Noise2Noise takes one source of pairs",
+                             hint="give either {target} (a second acquisition) or {pairs}, not both")
         if target is None and pairs is None:
-            raise InputError(HOW_TO_PAIR)
+            raise InputError("Noise2Noise needs pairs of independent noisy images of the same scene",
+                             hint=HOW_TO_PAIR)
         if along is not None and pairs not in ("adjacent", "even-odd"):
-            raise InputError(f"along={along!r} only applies to pairs='adjacent' or 'even-odd'")
+            raise InputError(f"the pairing axis ({along}) only applies to adjacent or even-odd pairs",
+                             hint="leave {along} unset or set {pairs} to adjacent or even-odd")
         if target is not None:
             sources = target_sources(images, layouts, target)
             self.params.update(pairing="target", along=None)
@@ -166,7 +185,7 @@ class N2N(Method):
         spatial = [(n // m) * m for n in x.shape[2:]]
         if min(spatial) == 0:
             raise N2xError(f"sub-sampled Noise2Noise needs patches of at least {m} pixels per axis, not "
-                           f"{tuple(x.shape[2:])}")
+                           f"{tuple(x.shape[2:])}", hint=f"set {{patch_size}} to {m} or more")
         x = x[(slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)]
         g1, g2, ia, ib = neighbour_subsample(x, generator)
         out = net(g1)

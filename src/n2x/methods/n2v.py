@@ -8,11 +8,13 @@ which removes checkerboard artefacts.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..options import Option
 from .base import Method
 
 REPLACEMENTS = ("neighbour", "mean", "median", "random")
@@ -92,29 +94,60 @@ def _reflect(coords: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
     return torch.where(coords >= limits, 2 * (limits - 1) - coords, coords)
 
 
+_REPLACEMENT_HELP = ("what a masked pixel's value is replaced with: neighbour (a random pixel of the window of "
+                     "half-width radius around it), mean or median (of that window without its centre), random "
+                     "(uniform between the patch's minimum and maximum); default {default}")
+
+
 class N2V(Method):
     """Noise2Void / N2V2.
 
-    Parameters: ``mask_fraction`` (share of pixels masked per patch), ``replacement`` (``neighbour``, ``mean``,
-    ``median``, ``random``), ``radius`` (half-width of the neighbourhood the replacement comes from), ``variant``
-    (``"n2v"`` or ``"n2v2"``: blur-pool, no top skip, median replacement by default).
+    Options (:attr:`options`): ``mask_fraction`` (share of pixels masked per patch), ``replacement``
+    (``neighbour``, ``mean``, ``median``, ``random``), ``radius`` (half-width in pixels of the neighbourhood the
+    replacement comes from). ``variant`` (``"n2v"`` or ``"n2v2"``: blur-pool, no top skip, median replacement by
+    default) is fixed by the registry entry.
     """
 
     name = "n2v"
+    label = "Noise2Void (N2V)"
+    description = ("Blind-spot training on the image alone. Needs noise that is independent from pixel to pixel "
+                   "(photon and read noise of most fluorescence cameras).")
+    options = (
+        Option("mask_fraction", "float", 0.02, "share of the pixels of each training patch that are masked (blind "
+               "spots) in a step, 0.001 to 0.25 (default 0.02: 2%)", label="Masked pixels", range=(0.001, 0.25)),
+        Option("replacement", "str", "neighbour", _REPLACEMENT_HELP.format(default="neighbour"),
+               label="Replacement", choices=REPLACEMENTS),
+        Option("radius", "int", 2, "half-width in pixels of the window a masked pixel's replacement comes from "
+               "(default 2: a 5 x 5 window in 2D)", label="Replacement radius", range=(1, 8), unit="px",
+               advanced=True),
+    )
+    #: what differs for the N2V2 entry: its name, description and the median replacement (Höck et al. 2022)
+    _N2V2 = ("N2V2", "Noise2Void with blur-pool and no top skip connection: no checkerboard artefacts. A good "
+             "default for independent noise.", "median")
 
-    def __init__(self, mask_fraction: float = 0.02, replacement: str | None = None, radius: int = 2,
-                 variant: str = "n2v", **extra: Any):
-        variant = variant.lower()
+    @classmethod
+    def label_for(cls, entry: str) -> str:
+        return cls._N2V2[0] if entry == "n2v2" else cls.label
+
+    @classmethod
+    def description_for(cls, entry: str) -> str:
+        return cls._N2V2[1] if entry == "n2v2" else cls.description
+
+    @classmethod
+    def declared_options(cls, entry: str) -> tuple[Option, ...]:
+        if entry != "n2v2":
+            return cls.options
+        median = cls._N2V2[2]
+        return tuple(replace(o, default=median, help=_REPLACEMENT_HELP.format(default=median))
+                     if o.name == "replacement" else o for o in cls.options)
+
+    def __init__(self, mask_fraction: float | None = None, replacement: str | None = None,
+                 radius: int | None = None, variant: str = "n2v"):
+        variant = str(variant).lower()
         if variant not in ("n2v", "n2v2"):
             raise ValueError(f"variant must be 'n2v' or 'n2v2', not {variant!r}")
-        if replacement is None:
-            replacement = "median" if variant == "n2v2" else "neighbour"
-        if replacement not in REPLACEMENTS:
-            raise ValueError(f"replacement must be one of {REPLACEMENTS}, not {replacement!r}")
-        if not 0 < mask_fraction <= 0.25:
-            raise ValueError(f"mask_fraction must be in (0, 0.25], not {mask_fraction}")
-        super().__init__(mask_fraction=float(mask_fraction), replacement=replacement, radius=int(radius),
-                         variant=variant, **extra)
+        params = self.settled(variant, mask_fraction=mask_fraction, replacement=replacement, radius=radius)
+        super().__init__(**params, variant=variant)
         self.name = variant
 
     def network_config(self, ndim: int, channels: int, overrides: dict | None = None, **options: Any) -> dict:
