@@ -8,9 +8,18 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 import n2x  # noqa: E402
-from n2x.methods import method_names  # noqa: E402
+from n2x import api  # noqa: E402
+from n2x.api import method_names  # noqa: E402
 
 TIMEOUT = 60_000  # ms; generous for 2 shared CPU cores
+
+
+@pytest.fixture(autouse=True)
+def settings_dir(tmp_path, monkeypatch):
+    """Each test starts from the default settings and never touches the user's saved ones."""
+    folder = tmp_path / "n2x-settings"
+    monkeypatch.setenv("N2X_SETTINGS_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture
@@ -52,14 +61,21 @@ def _messages(notes) -> str:
 def _tiny(widget, steps: int = 8, preview: bool = False, denoise: bool = True) -> None:
     """A tiny, quick configuration through the widget's own controls (Advanced section included)."""
     widget.set_length(steps, "steps")
-    widget.patch_edit.setText("32")
-    widget.batch_spin.setValue(4)
-    widget.features_spin.setValue(8)
-    widget.seed_spin.setValue(0)
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
-    widget.preview_check.setChecked(preview)
-    widget.preview_every_spin.setValue(0.5)
-    widget.denoise_after_check.setChecked(denoise)
+    widget.control("patch_size").setText("32")
+    widget.control("batch_size").setValue(4)
+    widget.control("features").setValue(8)
+    widget.control("seed").setValue(0)
+    _choose(widget.control("device"), "cpu")
+    widget.control("preview").setChecked(preview)
+    widget.control("preview_every").setValue(0.5)
+    widget.control("denoise_after").setChecked(denoise)
+
+
+def _choose(combo, data) -> None:
+    """Pick the item of ``combo`` whose data is ``data``, as a user would."""
+    index = combo.findData(data)
+    assert index >= 0, f"{data!r} is not offered"
+    combo.setCurrentIndex(index)
 
 
 @pytest.fixture
@@ -96,24 +112,33 @@ def test_manifest_and_samples():
 
 
 def test_train_n2v_live_then_denoise_layer(qtbot, train_widget, models, tmp_path):
-    """Train from the widget; the event loop keeps turning; loss plot, preview, denoised layer, saved model."""
+    """Train from the widget; the event loop keeps turning; loss plot, preview, denoised layer, saved model.
+
+    Deterministic on any machine: training is long (a million steps) and is stopped only once the event loop has
+    ticked while it ran and the preview has appeared (the engine previews at its first report); a preview layer is
+    caught when it is inserted, not by polling."""
     from qtpy.QtCore import QTimer
 
     viewer, layer, widget = train_widget
     assert widget.axes_edit.text() == "YX"
     widget.set_method("n2v")
-    _tiny(widget, steps=8, preview=True)
+    _tiny(widget, steps=10**6, preview=True)
     ticks = []
     timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(widget.busy))
+    timer.timeout.connect(lambda: ticks.append(widget.running))
     timer.start(10)
     previews = []
+
+    def inserted(event):
+        if event.value.name == "cells [n2x preview]":
+            previews.append(event.value)
+
+    viewer.layers.events.inserted.connect(inserted)
     assert widget.train()
-    assert widget.running and not widget.settings.isEnabled() and widget.train_btn.text() == "Stop"
-    qtbot.waitUntil(lambda: widget.preview_layer is not None or not widget.busy, timeout=TIMEOUT)
-    if widget.preview_layer is not None:  # the preview sits on the input, same geometry
-        previews.append(widget.preview_layer)
-        np.testing.assert_allclose(widget.preview_layer.scale, layer.scale)
+    assert widget.running and not widget.controls.isEnabled() and widget.train_btn.text() == "Stop"
+    qtbot.waitUntil(lambda: sum(ticks) >= 5 and bool(previews) and bool(widget.plot.steps), timeout=TIMEOUT)
+    np.testing.assert_allclose(previews[0].scale, layer.scale)  # the preview sits on the input, same geometry
+    widget.stop()
     _wait_idle(qtbot, widget)
     timer.stop()
     assert sum(ticks) >= 5, "the Qt event loop must keep running while training"
@@ -126,7 +151,7 @@ def test_train_n2v_live_then_denoise_layer(qtbot, train_widget, models, tmp_path
     assert viewer.layers.index(out) == viewer.layers.index(layer) + 1
     assert "cells [n2x preview]" not in [lay.name for lay in viewer.layers]  # superseded by the result
     assert widget.model is not None and models.latest().model is widget.model
-    assert widget.train_btn.text() == "Train" and widget.train_btn.isEnabled() and widget.settings.isEnabled()
+    assert widget.train_btn.text() == "Train" and widget.train_btn.isEnabled() and widget.controls.isEnabled()
     saved = widget.save_model(tmp_path / "cells")
     assert saved.name == "cells.n2x" and saved.exists()
     assert n2x.load_model(saved, device="cpu").config["spatial"] == "YX"
@@ -156,10 +181,10 @@ def test_train_other_methods(qtbot, train_widget, models, method):
     widget.set_method(method)
     _tiny(widget, steps=3, denoise=False)
     if method == "n2n":
-        widget.pairs_combo.setCurrentIndex(widget.pairs_combo.findData("subsample"))
+        _choose(widget.control("pairs"), "subsample")
     if method == "apbsn":
-        widget.stride_train_spin.setValue(2)  # small image: a larger stride leaves tiny sub-images
-        widget.r3_spin.setValue(1)
+        widget.control("stride_train").setValue(2)  # small image: a larger stride leaves tiny sub-images
+        widget.control("r3_passes").setValue(1)
     assert widget.train()
     _wait_idle(qtbot, widget)
     assert widget.model is not None, widget.status.text()
@@ -170,16 +195,17 @@ def test_apbsn_blind_box_by_default(qtbot, train_widget, models):
     viewer, layer, widget = train_widget
     widget.set_method("apbsn")
     _tiny(widget, steps=3, denoise=False)
-    widget.depth_spin.setValue(3)  # a U-Net setting: not passed to AP-BSN's network
-    assert widget.stride_train_spin.value() == widget.stride_train_spin.minimum()  # "auto"
-    assert not widget.r3_spin.isEnabled() and not widget.stride_infer_spin.isEnabled()
+    widget.control("depth").setValue(3)  # a U-Net setting: not passed to AP-BSN's network
+    stride_train = widget.control("stride_train")
+    assert stride_train.value() == stride_train.minimum()  # "auto"
+    assert not widget.control("r3_passes").isEnabled() and not widget.control("stride_infer").isEnabled()
     assert widget.train()
     _wait_idle(qtbot, widget)
     assert widget.model is not None, widget.status.text()
     assert widget.model.config["method"]["design"] == "box"
     assert widget.model.config["network"]["name"] == "blindbox"
-    widget.stride_train_spin.setValue(3)  # a number: the pixel-shuffle design and its inference options
-    assert widget.r3_spin.isEnabled() and widget.stride_infer_spin.isEnabled()
+    stride_train.setValue(3)  # a number: the pixel-shuffle design and its inference options
+    assert widget.control("r3_passes").isEnabled() and widget.control("stride_infer").isEnabled()
 
 
 def test_n2n_partner_layer(qtbot, train_widget, models):
@@ -190,8 +216,8 @@ def test_n2n_partner_layer(qtbot, train_widget, models):
     viewer.add_image(layer.data + rng.normal(0, 0.05, layer.data.shape).astype(np.float32), name="second")
     widget.layer_combo.set_layer(layer)
     widget.set_method("n2n")
-    widget.pairs_combo.setCurrentIndex(widget.pairs_combo.findData("layer"))
-    widget.partner_combo.set_layer(viewer.layers["second"])
+    _choose(widget.control("pairs"), "layer")
+    widget.control("target").set_layer(viewer.layers["second"])
     _tiny(widget, steps=3, denoise=False)
     assert widget.train()
     _wait_idle(qtbot, widget)
@@ -225,13 +251,13 @@ def test_error_in_worker_ends_with_notification(qtbot, train_widget, notes, monk
         yield from ()
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(n2x, "train_iter", broken)
+    monkeypatch.setattr(api, "train_iter", broken)
     _tiny(widget, denoise=False)
     assert widget.train()
     _wait_idle(qtbot, widget, timeout=20_000)
     text = _messages(notes)
     assert "out of memory" in text and "batch size" in text
-    assert widget.train_btn.text() == "Train" and widget.train_btn.isEnabled() and widget.settings.isEnabled()
+    assert widget.train_btn.text() == "Train" and widget.train_btn.isEnabled() and widget.controls.isEnabled()
     assert widget.progress.format() == "failed"
     monkeypatch.undo()
     _tiny(widget, steps=2, denoise=False)
@@ -241,8 +267,8 @@ def test_error_in_worker_ends_with_notification(qtbot, train_widget, notes, monk
 
 
 def test_preview_region_follows_the_current_slice(make_napari_viewer):
-    from n2x._napari.train_widget import PreviewRegion
-    from n2x.data.axes import make_layout
+    from n2x._napari.preview import PreviewRegion
+    from n2x.api import make_layout
 
     viewer = make_napari_viewer()
     data = np.arange(5 * 40 * 300, dtype=np.float32).reshape(5, 40, 300)
@@ -305,11 +331,9 @@ def test_denoise_widget_layer_file_and_model_file(qtbot, make_napari_viewer, mod
 
 def test_denoise_widget_file_to_ome_zarr(qtbot, make_napari_viewer, models, tmp_path, cells):
     """A file input goes through the chunked engine into an OME-Zarr that the new layer shows."""
-    from n2x._napari.denoise_widget import DenoiseWidget, volume_api
-
-    if volume_api() is None:
-        pytest.skip("n2x.iter_denoise_volume is not implemented in this installation yet")
     import tifffile
+
+    from n2x._napari.denoise_widget import DenoiseWidget
 
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, cells)
@@ -349,3 +373,97 @@ def test_ome_zarr_output_opens_with_its_scale_and_origin(make_napari_viewer, tmp
     layer = layers[0]
     np.testing.assert_allclose(layer.scale, [2.0, 0.5, 0.5])
     np.testing.assert_allclose(np.asarray(layer.data), model.predict(img, "ZYX"), rtol=1e-4, atol=1e-4)
+
+
+def test_engine_warnings_in_a_worker_become_notifications(qtbot, notes):
+    """An N2xWarning raised inside a worker (AP-BSN turning its filter off, say) reaches the user."""
+    import warnings
+
+    from n2x._napari.workers import start_worker
+    from n2x.errors import N2xWarning
+
+    def body():
+        yield 1
+        warnings.warn("the box filter is turned off", N2xWarning)
+        yield 2
+
+    done = []
+    worker = start_worker(body, doing="testing", on_error=lambda exc: done.append(exc),
+                          on_finish=lambda: done.append("finished"))
+    qtbot.waitUntil(lambda: "finished" in done, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: "box filter is turned off" in _messages(notes), timeout=5_000)
+    assert worker is not None and done == ["finished"]
+
+
+def test_option_panel_refuses_an_unknown_type(qtbot):
+    from dataclasses import dataclass
+
+    from n2x._napari.option_panel import make_control
+
+    @dataclass
+    class Strange:  # a declaration from a newer engine, with a type this panel does not know
+        name: str = "matrix"
+        type: str = "matrix"
+        default: object = None
+        help: str = ""
+        choices: tuple = ()
+        title: str = "Matrix"
+
+    with pytest.raises(TypeError, match="matrix"):
+        make_control(Strange())
+
+
+def test_train_widget_is_bound_to_its_settings(qtbot, train_widget, settings_dir):
+    """Control -> setting, setting -> control, and the choices come back in the next session's widget."""
+    from n2x._napari.settings import TrainSettings, load_settings
+    from n2x._napari.train_widget import TrainWidget
+
+    viewer, layer, widget = train_widget
+    widget.set_method("n2v")
+    assert widget.methods.combo.currentData() == "n2v"
+    widget.control("batch_size").setValue(6)
+    assert widget.settings.options["batch_size"] == 6
+    widget.settings.set_method_option("mask_fraction", 0.05)
+    assert widget.control("mask_fraction").value() == pytest.approx(0.05)
+    widget.set_length(40, "steps")
+    assert widget.length_unit.currentText() == "steps" and widget.length_spin.value() == 40
+    assert widget.control("features").specialValueText() == "auto"  # the method's network unless set
+    assert "network" not in widget.training_kwargs()
+    patch_help = next(o.help for o in api.TRAIN_OPTIONS if o.name == "patch_size")
+    assert widget.control("patch_size").toolTip()[1:] == patch_help[1:]  # the declaration's, not a copy
+    saved = load_settings(TrainSettings, persist=False)
+    assert saved.method == "n2v" and saved.options["batch_size"] == 6 and saved.length == 40
+    again = TrainWidget(viewer)
+    assert again.methods.combo.currentData() == "n2v" and again.control("batch_size").value() == 6
+    assert again.control("mask_fraction").value() == pytest.approx(0.05)
+    labels = [again.methods.combo.itemText(i) for i in range(again.methods.combo.count())]
+    assert labels == [api.method_info(name).label for name in api.method_names()]
+
+
+def test_denoise_widget_folder_uses_the_planner(qtbot, make_napari_viewer, models, tmp_path, cells):
+    """A folder goes through the CLI's planner: <stem>.tif in the output folder, one layer per image."""
+    import tifffile
+
+    from n2x._napari.denoise_widget import DenoiseWidget
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", cells)
+    tifffile.imwrite(folder / "b.tif", cells[::-1].copy())
+    model = n2x.train(cells, "YX", "n2v", steps=3, patch_size=32, batch_size=4, seed=0, device="cpu",
+                      network={"features": 8})
+    models.add(model, name="tiny")
+    viewer = make_napari_viewer()
+    widget = DenoiseWidget(viewer)
+    widget.from_path.setChecked(True)
+    widget.path_edit.setText(str(folder))
+    widget._source_changed()
+    out = tmp_path / "out"
+    widget.save_edit.setText(str(out))
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+    assert widget.progress.format() == "done"
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".tif") == ["a.tif", "b.tif"]
+    np.testing.assert_allclose(np.asarray(viewer.layers["a [n2x denoised]"].data), n2x.denoise(model, cells),
+                               rtol=1e-3, atol=1e-3)
+    assert "b [n2x denoised]" in [layer.name for layer in viewer.layers]

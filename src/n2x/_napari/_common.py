@@ -6,10 +6,11 @@ from typing import Any, Callable
 import numpy as np
 from napari.layers import Image, Layer
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy
+from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
+                            QSizePolicy)
 
-from ..data.axes import guess_axes, make_layout
-from ..errors import N2xError
+from n2x.api import DEVICE_CHOICES, Option, available_devices, check_dtype, guess_axes, make_layout
+from n2x.errors import N2xError
 
 ROLE_KEY = "n2x_role"  # metadata key marking layers this plugin made (preview, denoised)
 DENOISED_SUFFIX = " [n2x denoised]"
@@ -57,8 +58,6 @@ def describe_layout(shape: tuple[int, ...], axes: str, dims: int | None = None) 
 
 def check_trainable(layer: Layer | None, axes: str, dims: int | None = None, min_size: int = 16) -> None:
     """Refuse what cannot be trained on, before any thread starts; N2xError with the reason."""
-    from ..data.axes import check_dtype
-
     if layer is None:
         raise N2xError("choose an image layer first (open an image, or File > Open Sample > n2x)")
     if not isinstance(layer, Image):
@@ -172,7 +171,7 @@ def set_status(label: QLabel, text: str, ok: bool | None = None) -> None:
     label.setText(text)
 
 
-def _let_fields_shrink(widget: Any) -> None:
+def let_fields_shrink(widget: Any) -> None:
     """Let combo boxes, spin boxes and line edits shrink to a narrow dock.
 
     Their size hints come from their longest item or the widest number in range (a seed up to 2**31), which would
@@ -188,3 +187,112 @@ def _let_fields_shrink(widget: Any) -> None:
             continue
         field.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         field.setMinimumWidth(60)
+
+
+def group_form(title: str) -> tuple[QGroupBox, QFormLayout]:
+    """A titled group box and the form inside it."""
+    box = QGroupBox(title)
+    return box, QFormLayout(box)
+
+
+def add_axes_rows(form: QFormLayout) -> tuple[Any, QLabel]:
+    """The "Axes" field (guessed from the input, editable) and, under it, the line that says what the engine makes
+    of the input and those axes; both widgets share this pair."""
+    from qtpy.QtWidgets import QLineEdit
+
+    edit = QLineEdit()
+    edit.setToolTip("One letter per dimension: S (sample), T (time), C (channel), Z, Y, X. Guessed from the input; "
+                    "correct it if the guess is wrong.")
+    form.addRow("Axes", edit)
+    info = hint_label()
+    form.addRow(info)
+    return edit, info
+
+
+def progress_bar(maximum: int, text: str) -> QProgressBar:
+    """The progress bar under a widget's run button, empty and showing ``text``."""
+    bar = QProgressBar()
+    bar.setRange(0, maximum)
+    bar.setValue(0)
+    bar.setFormat(text)
+    bar.setTextVisible(True)
+    return bar
+
+
+def status_label() -> QLabel:
+    """The wrapping line under the progress bar that says what is happening."""
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setStyleSheet("font-size: 11px;")
+    return label
+
+
+def field_with_button(field: Any, *buttons: QPushButton) -> QHBoxLayout:
+    """A form row: the field takes the width, its buttons sit at the right."""
+    row = QHBoxLayout()
+    row.addWidget(field, 1)
+    for button in buttons:
+        row.addWidget(button)
+    return row
+
+
+def fill_devices(combo: QComboBox) -> None:
+    """auto, cuda, mps, cpu — the ones this machine lacks are shown but disabled, so users see why."""
+    available = available_devices()
+    labels = {"auto": "auto (GPU if available)", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)", "cpu": "CPU"}
+    for name in DEVICE_CHOICES:
+        combo.addItem(labels.get(name, name), name)
+        if not available.get(name, True):
+            item = combo.model().item(combo.count() - 1)
+            item.setEnabled(False)
+            item.setToolTip("not available on this machine")
+
+
+def device_control(option: Option) -> Any:
+    """The device option's control: a combo of the devices, unavailable ones disabled (an option panel override)."""
+    from .option_panel import OptionControl
+
+    combo = QComboBox()
+    fill_devices(combo)
+
+    def put(value: Any) -> None:
+        i = combo.findData(value)
+        if i >= 0:
+            combo.setCurrentIndex(i)
+
+    control = OptionControl(option, combo, combo.currentData, put, combo.currentIndexChanged)
+    combo.setToolTip("Where the network runs; GPUs this machine lacks are listed but disabled")
+    control.set_value(option.default)
+    return control
+
+
+def layer_control(viewer: Any) -> Any:
+    """A function making an image option's control: a :class:`LayerCombo` of ``viewer`` (an option panel's
+    ``image_control``)."""
+    from .option_panel import OptionControl
+
+    def make(option: Option) -> Any:
+        combo = LayerCombo(viewer)
+        return OptionControl(option, combo, combo.layer, lambda layer: layer is not None and combo.set_layer(layer),
+                             combo.layer_changed)
+
+    return make
+
+
+def scrolling_body(widget: Any) -> Any:
+    """Put a vertically scrolling area into ``widget`` and return the layout to fill: controls shrink to the dock's
+    width instead of hiding behind a horizontal scroll bar."""
+    from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    outer.addWidget(scroll)
+    body = QWidget()
+    scroll.setWidget(body)
+    root = QVBoxLayout(body)
+    root.setContentsMargins(6, 6, 6, 6)
+    return root

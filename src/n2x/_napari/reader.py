@@ -23,7 +23,7 @@ def read_models(path: str | list[str]) -> list:
     """Load the model file(s), list them for the widgets and show the Denoise widget."""
     from napari.utils.notifications import show_info
 
-    from .denoise_widget import load_model_into_registry
+    from .state import load_model_into_registry
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     entries = [load_model_into_registry(p) for p in paths]  # a ModelFileError reaches napari with its message
@@ -54,8 +54,8 @@ def get_ome_zarr_reader(path: str | list[str]) -> Callable[[Any], list] | None:
     """
     if not isinstance(path, (str, Path)):
         return None
-    from ..errors import N2xError
-    from ..io.images import is_zarr_path, open_image
+    from n2x.api import is_zarr_path, open_image
+    from n2x.errors import N2xError
 
     if not is_zarr_path(path):
         return None
@@ -70,7 +70,7 @@ def get_ome_zarr_reader(path: str | list[str]) -> Callable[[Any], list] | None:
 
 def read_ome_zarr(path: str) -> list:
     """Layer data for an OME-Zarr image: lazy (dask) levels, scale and translation per axis, channels split."""
-    from ..io.images import open_image
+    from n2x.api import open_image
 
     info = open_image(path)
     n_levels = len(info.extra.get("multiscales", {}).get("datasets", [])) or 1

@@ -9,7 +9,7 @@ from importlib.resources import as_file, files
 
 import numpy as np
 
-from ..data.samples import noisy_sample
+from n2x.api import noisy_sample
 
 
 def noisy_cells_2d():

@@ -90,3 +90,13 @@ class ModelRegistry:
 
 #: The registry every widget of this process shares.
 MODELS = ModelRegistry()
+
+
+def load_model_into_registry(path: str | Path) -> ModelEntry:
+    """Load a ``.n2x`` file onto the CPU and list it for the widgets; N2xError (ModelFileError) when it is not one.
+
+    Shared by the Denoise widget's "Load…" button and the ``.n2x`` reader (drag and drop)."""
+    from n2x import api  # here, not at the top: importing the state must stay cheap (no torch)
+
+    model = api.load_model(path, device="cpu")
+    return MODELS.add(model, name=Path(path).name, source=str(path))

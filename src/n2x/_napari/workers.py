@@ -8,6 +8,11 @@ Two traps this module exists for:
   wrapped so that any exception leaves as :class:`N2xWorkerError` (not a ``RuntimeError``) carrying a message that
   says what to do.
 * ``create_worker`` re-raises errors in the main thread unless ``errored`` is connected; we always connect it.
+
+* A worker catches every warning issued in its thread (an engine :class:`~n2x.errors.N2xWarning`, say, when AP-BSN
+  turns its filter off) and emits ``warned``; napari means to relay that to its notifications, but in napari 0.9 its
+  relay is not connected (its mixin's ``__init__`` is not reached through ``QRunnable``), so the warning would be
+  lost. We connect ``warned`` ourselves when nothing else listens.
 """
 from __future__ import annotations
 
@@ -17,9 +22,12 @@ import traceback
 from typing import Any, Callable, Generator
 
 from napari.qt.threading import FunctionWorker, GeneratorWorker, create_worker
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import QObject, Signal
 
-from ..errors import N2xError
+from n2x.errors import N2xError
+
+from .words import error_text
 
 
 class N2xWorkerError(Exception):
@@ -32,25 +40,15 @@ class N2xWorkerError(Exception):
         self.details = "".join(traceback.format_exception(original)) if original is not None else ""
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    try:
-        import torch
-
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or "out of memory" in text or "cannot allocate memory" in text
-
-
 def user_message(exc: BaseException, doing: str = "the task") -> str:
     """What to tell the user about ``exc``: the engine's own message for :class:`N2xError`, advice otherwise."""
     if isinstance(exc, N2xWorkerError):
         return exc.message
     if isinstance(exc, N2xError):
-        return str(exc)
-    if _is_out_of_memory(exc):
+        return error_text(exc)
+    from n2x import api  # here: importing the workers stays cheap (no torch)
+
+    if api.is_out_of_memory(exc):
         return (f"{doing[:1].upper() + doing[1:]} ran out of memory. Use a smaller batch size or patch size "
                 "(or a smaller tile when denoising), or choose the CPU as device, then try again.")
     return (f"{doing[:1].upper() + doing[1:]} failed: {type(exc).__name__}: {exc}. The widget is ready again; "
@@ -98,8 +96,25 @@ def start_worker(fn: Callable[..., Any], *args: Any, doing: str, on_error: Calla
     if on_finish is not None:
         connect["finished"] = on_finish
     worker = create_worker(guarded(fn, doing), *args, _connect=connect, _start_thread=False, **kwargs)
+    if not _has_listeners(worker, "warned"):
+        worker.warned.connect(show_worker_warning)
     worker.start()
     return worker
+
+
+def _has_listeners(worker: Any, name: str) -> bool:
+    try:
+        signals = worker.signals
+        return signals.receivers(getattr(signals, name)) > 0
+    except (AttributeError, RuntimeError, TypeError):  # another superqt: connect ours, a duplicate is harmless
+        return False
+
+
+def show_worker_warning(args: tuple) -> None:
+    """A warning caught in a worker thread (``warned``'s ``showwarning`` arguments) as a napari notification."""
+    message = args[0] if args else ""
+    text = message if isinstance(message, str) else str(message.args[0] if message.args else message)
+    show_warning(f"n2x: {text}")
 
 
 class ProgressRelay(QObject):

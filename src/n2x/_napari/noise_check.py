@@ -1,0 +1,106 @@
+"""The Train widget's noise check: measure the layer's noise (:func:`n2x.api.probe_noise`) in a worker, show the
+report under the method and offer to switch to the method it recommends."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QHBoxLayout, QPushButton
+
+from n2x import api
+from n2x.errors import N2xError
+
+from ._common import check_trainable, hint_label, layer_data, set_status
+from .settings import TrainSettings
+from .words import error_text
+from .workers import N2xWorkerError, start_worker
+
+
+class NoiseCheck:
+    """The "Check noise" button, its report line and the "Use …" button. ``source()`` gives the layer, its axes
+    and the network's dimensionality choice."""
+
+    def __init__(self, settings: TrainSettings, source: Callable[[], tuple[Any, str, int | None]]):
+        self.settings, self.source = settings, source
+        self.report: Any = None
+        self.worker: Any = None
+        self.row = QHBoxLayout()
+        self.button = QPushButton("Check noise")
+        self.button.setToolTip("Measure the noise of the layer (level, spatial correlation) and recommend a method")
+        self.button.clicked.connect(self.check)
+        self.follow_btn = QPushButton("Use recommendation")
+        self.follow_btn.setVisible(False)
+        self.follow_btn.clicked.connect(self.follow)
+        self.row.addWidget(self.button)
+        self.row.addWidget(self.follow_btn)
+        self.row.addStretch()
+        self.label = hint_label()
+        self.label.setVisible(False)
+        settings.events.method.connect(lambda _m: self.show(self.report))
+        settings.events.method_options.connect(lambda _v: self.show(self.report))
+
+    def clear(self) -> None:
+        """Forget the report (another layer was chosen)."""
+        self.report = None
+        self.label.setVisible(False)
+        self.follow_btn.setVisible(False)
+
+    def check(self) -> None:
+        """Run the noise probe on the chosen layer in a worker; the result appears under the method."""
+        layer, axes, dims = self.source()
+        try:
+            check_trainable(layer, axes, dims, min_size=8)
+        except N2xError as exc:
+            show_error(f"n2x: {error_text(exc)}")
+            return
+        self.button.setEnabled(False)
+        self.button.setText("Checking…")
+        self.label.setVisible(True)
+        set_status(self.label, "Measuring the noise…", None)
+
+        def done() -> None:
+            self.button.setEnabled(True)
+            self.button.setText("Check noise")
+
+        def failed(exc: BaseException) -> None:
+            msg = exc.message if isinstance(exc, N2xWorkerError) else error_text(exc)
+            set_status(self.label, f"The noise check failed: {msg}", False)
+            show_error(f"n2x: {msg}")
+
+        self.worker = start_worker(api.probe_noise, layer_data(layer), axes or None, doing="the noise check",
+                                   on_return=self.show, on_error=failed, on_finish=done)
+
+    def _stride_follows(self, stride: int) -> bool:
+        """AP-BSN's automatic blind box, or a training stride at least the measured one, follows the report."""
+        value = self.settings.method_values().get("stride_train")
+        return value in (None, api.AUTO) or (isinstance(value, int) and value >= stride)
+
+    def show(self, report: Any) -> None:
+        """Show ``report``; offer its method when the current choice does not follow it."""
+        self.report = report
+        if report is None:
+            return
+        rec = getattr(report, "recommended", None)
+        current = self.settings.method
+        follows = rec is None or rec == current or (rec == "n2v" and current in ("n2v", "n2v2", "n2n"))
+        if rec == "apbsn" and current == "apbsn" and getattr(report, "stride", None):
+            follows = self._stride_follows(int(report.stride))
+        self.label.setVisible(True)
+        set_status(self.label, report.summary() if hasattr(report, "summary") else str(report),
+                   True if follows else None)
+        if rec is not None and not follows and rec in api.method_names():
+            self.follow_btn.setText(f"Use {api.method_info(rec).label}")
+        self.follow_btn.setVisible(rec is not None and not follows)
+
+    def follow(self) -> None:
+        """Switch the method to what the noise check recommended (AP-BSN: with its automatic blind box)."""
+        report = self.report
+        if report is None:
+            return
+        rec = report.recommended
+        if rec == "n2v" and "n2v2" in api.method_names():
+            rec = "n2v2"  # same assumption (independent noise), without checkerboard artefacts
+        self.settings.method = rec
+        if "stride_train" in self.settings.method_values():  # auto: the blind box sized by the same measurement
+            self.settings.set_method_option("stride_train", None)
+        self.show(report)
