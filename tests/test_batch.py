@@ -264,7 +264,7 @@ def test_existing_output_of_another_job_is_refused(model_file, tmp_path):
     out.mkdir()
     tifffile.imwrite(out / "x.tif", np.zeros((4, 4), np.float32))  # someone else's file
     res = batch.run_batch(model_file, [d], out, workers=1, device="cpu")
-    assert res.results[0].status == "failed" and "overwrite" in res.results[0].reason
+    assert res.results[0].status == "failed" and "overwrite" in res.results[0].explain()
     assert "not an n2x result" in res.results[0].reason
     assert tifffile.imread(out / "x.tif").shape == (4, 4)
     res = batch.run_batch(model_file, [d], out, workers=1, device="cpu", overwrite=True)
@@ -320,7 +320,7 @@ def test_tiff_of_another_job_is_refused(model_file, tmp_path):
     res = batch.run_batch(model_file, [d], out, workers=1, device="cpu")
     r = res.results[0]
     assert r.status == "failed" and res.exit_code == 1
-    assert "another model" in r.reason and "overwrite" in r.reason
+    assert "another model" in r.reason and "overwrite" in r.explain()
     assert (out / "x.tif").read_bytes() == before
     # another input under the same output name: the fingerprint's input differs
     tifffile.imwrite(d / "x.tif", img + 1)
@@ -354,6 +354,13 @@ def test_summary_table_and_bars(capsys):
     assert table[2].split() == ["/d/a.tif", "ok", "1.2", "/o/a.tif"]
     assert table[3].endswith("cannot be read")
     assert table[-1] == "2 file(s) in 2.0 s: 1 failed, 1 ok"
+    # a failure's hint is worded by the front door: flags on the command line, keywords in the summary file
+    results.append(batch.FileResult("/d/c.tif", "failed", 0.0, "/o/c.tif", "tiff", reason="/o/c.tif exists",
+                                    hint="choose another output, or {overwrite} to replace it"))
+    assert summary_table(summary, {"overwrite": "pass --overwrite"}).splitlines()[4].endswith(
+        "/o/c.tif exists; choose another output, or pass --overwrite to replace it")
+    assert summary.to_dict()["files"][2]["reason"].endswith("or pass overwrite=True to replace it")
+    results.pop()
     bars = BatchBars()
     bars(batch.BatchEvent("start", total=2, workers=1))
     bars(batch.BatchEvent("file", 0, "/d/a.tif"))

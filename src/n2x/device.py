@@ -86,6 +86,13 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return str(dtype).replace("torch.", "") if dtype is not None else "float32"
 
 
+def available_devices() -> dict[str, bool]:
+    """Each of :data:`DEVICE_CHOICES` and whether this machine has it (``auto`` and ``cpu`` always)."""
+    mps = getattr(torch.backends, "mps", None)
+    return {"auto": True, "cuda": torch.cuda.is_available(), "mps": mps is not None and mps.is_available(),
+            "cpu": True}
+
+
 def usable_cpu_count() -> int:
     """CPU cores this process may run on (its affinity where the OS tells, else all of them)."""
     try:

@@ -15,7 +15,7 @@ from ..batch import (BatchEvent, BatchSummary, FileResult, PlanItem, expand_inpu
 from ..data.axes import Layout, check_dtype, guess_axes, make_layout
 from ..data.probe import NoiseReport, probe_noise
 from ..data.samples import noisy_sample
-from ..device import DEVICE_CHOICES, PRECISION_CHOICES
+from ..device import DEVICE_CHOICES, PRECISION_CHOICES, available_devices, is_out_of_memory
 from ..durations import parse_duration
 from ..errors import N2xError, N2xWarning
 from ..inference.volume import VolumeProgress
@@ -37,5 +37,6 @@ __all__ = [
     "denoise_files", "BatchEvent", "BatchSummary", "FileResult", "PlanItem", "plan_batch", "expand_inputs",
     "input_paths", "is_batch_job", "output_format", "output_stem",
     "open_image", "ImageInfo", "is_zarr_path", "write_tiff", "guess_axes", "make_layout", "Layout", "check_dtype",
-    "noisy_sample", "parse_duration", "drain", "DEVICE_CHOICES", "PRECISION_CHOICES", "N2xError", "N2xWarning",
+    "noisy_sample", "parse_duration", "drain", "DEVICE_CHOICES", "PRECISION_CHOICES", "available_devices",
+    "is_out_of_memory", "N2xError", "N2xWarning",
 ]

@@ -51,11 +51,10 @@ def denoise_file(spec: dict[str, Any], model: Any,
             if last.skipped:
                 res.reason = f"resumed: {last.skipped} of {last.total} chunks were written by an earlier run"
     except N2xError as exc:
-        res.reason = str(exc)
+        res.reason, res.hint = exc.message, exc.hint
     except Exception as exc:  # damaged data found while reading, a full disk...: this file fails, the rest go on
         if is_out_of_memory(exc):
-            res.reason = str(N2xError("out of memory",
-                                      hint="set {format} to zarr, use a smaller {tile}, or fewer {workers}"))
+            res.reason, res.hint = "out of memory", "set {format} to zarr, use a smaller {tile}, or fewer {workers}"
         else:
             res.reason = f"{type(exc).__name__}: {exc}"
     finally:

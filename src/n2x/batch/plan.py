@@ -72,6 +72,7 @@ class PlanItem:
     format: str
     action: str
     reason: str | None = None
+    hint: str | None = None
     nbytes: int = 0
     fingerprint: dict | None = None
     done_chunks: int = 0
@@ -81,7 +82,16 @@ class PlanItem:
         return str(self.input.path)
 
     def result(self, status: str, seconds: float = 0.0, reason: str | None = None, **kw: Any) -> FileResult:
-        return FileResult(self.file, status, seconds, str(self.output), self.format, reason, **kw)
+        hint = self.hint if reason == self.reason else None
+        return FileResult(self.file, status, seconds, str(self.output), self.format, reason, hint=hint, **kw)
+
+    def fail(self, error: N2xError | str) -> None:
+        """Mark this input as failing, keeping the error's hint for the front door to word."""
+        self.action = "fail"
+        if isinstance(error, N2xError):
+            self.reason, self.hint = error.message, error.hint
+        else:
+            self.reason, self.hint = error, None
 
 
 @contextmanager
@@ -124,10 +134,10 @@ def plan_batch(model: Model, inputs: Sequence[BatchInput | str | os.PathLike], o
             info.axes = axes.upper() if axes else info.axes
             layout = model.layout_for(tuple(info.data.shape), info.axes)
         except N2xError as exc:
-            item.action, item.reason = "fail", str(exc)
+            item.fail(exc)
             continue
         except Exception as exc:  # a reader's own error on a damaged file: the file fails, the batch goes on
-            item.action, item.reason = "fail", f"cannot be read ({type(exc).__name__}: {exc})"
+            item.fail(f"cannot be read ({type(exc).__name__}: {exc})")
             continue
         item.nbytes = prod(layout.shape) * 4
         item.format = output_format(item.nbytes, fmt, zarr_threshold)
@@ -135,13 +145,13 @@ def plan_batch(model: Model, inputs: Sequence[BatchInput | str | os.PathLike], o
         if item.format == "zarr":
             problem = ome_zarr.check_ngff_axes(layout.axes)
             if problem:
-                item.action, item.reason = "fail", str(InputError(problem, hint="set {format} to tiff"))
+                item.fail(InputError(problem, hint="set {format} to tiff"))
                 continue
         try:
             item.fingerprint = job_fingerprint(model, info.data, layout, info.path, level, model.halo,
                                                ngff_version if item.format == "zarr" else None)
         except Exception as exc:
-            item.action, item.reason = "fail", f"cannot be read ({type(exc).__name__}: {exc})"
+            item.fail(f"cannot be read ({type(exc).__name__}: {exc})")
             continue
         found = existing_output(item.output, item.format, item.fingerprint)
         if found.state == "absent":
@@ -153,7 +163,7 @@ def plan_batch(model: Model, inputs: Sequence[BatchInput | str | os.PathLike], o
         elif found.state == "partial":
             item.action, item.done_chunks = "resume", found.done_chunks
         else:
-            item.action, item.reason = "fail", str(found.refusal(item.fingerprint))
+            item.fail(found.refusal(item.fingerprint))
     return plan
 
 

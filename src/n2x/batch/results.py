@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..errors import N2xError, Wording
 
 
 @dataclass
@@ -14,7 +15,8 @@ class FileResult:
     """What happened to one input. ``status``: ``ok``, ``skipped`` (finished by an earlier run) or ``failed``;
     ``seconds``: wall-clock time of this file in this run; ``chunks``/``resumed_chunks``: output chunks in all and
     found finished from an earlier run. In a dry run ``status`` is the planned action (``denoise``, ``resume``,
-    ``overwrite``, ``skip``, ``fail``)."""
+    ``overwrite``, ``skip``, ``fail``). ``reason`` is in neutral words and ``hint`` (what to do) names options as
+    ``{placeholders}``: :meth:`explain` words them for a front door."""
 
     file: str
     status: str
@@ -24,9 +26,16 @@ class FileResult:
     reason: str | None = None
     chunks: int | None = None
     resumed_chunks: int | None = None
+    hint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def explain(self, words: Wording | None = None) -> str | None:
+        """The reason with its hint, the options worded by ``words`` (see :meth:`n2x.errors.N2xError.render`)."""
+        if not self.reason:
+            return self.reason
+        return N2xError(self.reason, hint=self.hint).render(words)
 
 
 @dataclass
@@ -72,7 +81,7 @@ class BatchSummary:
                 "outdir": str(self.outdir), "started": self.started, "finished": self.finished,
                 "seconds": round(self.seconds, 3), "workers": self.workers, "scheduler": self.scheduler,
                 "dry_run": self.dry_run, "interrupted": self.interrupted, "counts": self.counts,
-                "files": [r.to_dict() for r in self.results]}
+                "files": [_reported(r) for r in self.results]}
 
 
 @dataclass(frozen=True)
@@ -92,3 +101,11 @@ class BatchEvent:
     skipped: int = 0
     workers: int = 1
     result: FileResult | None = None
+
+
+def _reported(result: FileResult) -> dict[str, Any]:
+    """A result as the summary file reports it: the reason with its hint in the Python API's words."""
+    d = result.to_dict()
+    d["reason"] = result.explain()
+    d.pop("hint")
+    return d

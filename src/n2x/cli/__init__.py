@@ -50,13 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.words = cli_words(parser)  # for the commands that word hints themselves (batch failures)
     with warnings.catch_warnings():
         warnings.simplefilter("always", N2xWarning)
         warnings.showwarning = _show_warning
         try:
             return int(args.func(args) or 0)
         except N2xError as exc:
-            print(f"n2x: error: {exc.render(cli_words(parser))}", file=sys.stderr)
+            print(f"n2x: error: {exc.render(args.words)}", file=sys.stderr)
             return EXIT_ERROR
         except KeyboardInterrupt:
             print("n2x: interrupted", file=sys.stderr)

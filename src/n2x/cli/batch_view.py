@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..api import BatchEvent, BatchSummary
 
@@ -17,8 +17,9 @@ class BatchBars:
     """tqdm bars for :class:`BatchEvent`: an overall bar (files) and one bar per file in progress (chunks), each
     file's bar in a free line below the overall one. A failed file is reported on stderr as it finishes."""
 
-    def __init__(self, disable: bool = False):
+    def __init__(self, disable: bool = False, words: Mapping[str, str] | None = None):
         self.disable = disable
+        self.words = words  # how the CLI words a failure's hint (flags)
         self.overall: Any = None
         self.bars: dict[int, Any] = {}
         self.slots: dict[int, int] = {}
@@ -52,7 +53,7 @@ class BatchBars:
             if self.overall is not None:
                 self.overall.update(1)
                 if ev.result is not None and ev.result.status == "failed":
-                    self.overall.write(f"n2x: {ev.file}: failed: {ev.result.reason}", file=sys.stderr)
+                    self.overall.write(f"n2x: {ev.file}: failed: {ev.result.explain(self.words)}", file=sys.stderr)
 
     def close(self) -> None:
         """Close every bar (after the run, or when it is interrupted)."""
@@ -63,11 +64,11 @@ class BatchBars:
             self.overall.close()
 
 
-def summary_table(summary: BatchSummary) -> str:
+def summary_table(summary: BatchSummary, words: Mapping[str, str] | None = None) -> str:
     """``summary`` as a plain-text table: one line per file (file, status, seconds, output, reason), then the
     counts per status and the job's wall-clock time."""
     head = ("file", "status", "seconds", "output", "reason")
-    rows = [(r.file, r.status, f"{r.seconds:.1f}", r.output or "-", r.reason or "") for r in summary.results]
+    rows = [(r.file, r.status, f"{r.seconds:.1f}", r.output or "-", r.explain(words) or "") for r in summary.results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     widths[-1] = 0  # the reason is last and not padded: it may be long
 

@@ -99,7 +99,8 @@ def cmd_denoise_batch(args: argparse.Namespace) -> int:
     """Denoise files, globs and folders into the folder ``-o``; exit 1 if some failed."""
     from .batch_view import BatchBars, summary_table
 
-    bars = BatchBars(disable=args.quiet or args.dry_run)
+    words = args.words
+    bars = BatchBars(disable=args.quiet or args.dry_run, words=words)
     try:
         summary = api.denoise_files(args.model, args.inputs, args.output, recursive=args.recursive,
                                     fmt=args.format, overwrite=args.overwrite, dry_run=args.dry_run,
@@ -116,10 +117,10 @@ def cmd_denoise_batch(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     elif not args.quiet:
-        print(summary_table(summary))
+        print(summary_table(summary, words))
         if summary.summary_path is not None:
             print(f"summary: {summary.summary_path}")
     else:
         for r in summary.failed:
-            print(f"n2x: {r.file}: failed: {r.reason}", file=sys.stderr)
+            print(f"n2x: {r.file}: failed: {r.explain(words)}", file=sys.stderr)
     return summary.exit_code

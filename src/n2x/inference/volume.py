@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence
 
 import numpy as np
 
@@ -29,12 +29,14 @@ from ..errors import InputError, OptionError, OutputExistsError
 from ..io import ome_zarr
 from ..io.images import ImageInfo, open_image
 from ..io.paths import is_within
-from ..model import Model
 from .chunks import ChunkJob, VolumeProgress, run_chunks
 from .fingerprint import job_fingerprint
 from .outputs import (existing_output, finish_tiff, finish_zarr, open_zarr_target, output_kind, provenance,
                       tiff_target)
 from .volume_plan import auto_tile, batch_for_core, core_for_chunk, memory_budget, plan_volume, samples_per_read
+
+if TYPE_CHECKING:  # the model sits above the inference layer: the volume engine only calls it
+    from ..model import Model
 
 __all__ = ["iter_denoise_volume", "VolumeProgress", "memory_budget", "auto_tile"]
 
