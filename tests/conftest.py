@@ -1,11 +1,15 @@
+import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(2)
+# The widgets save their settings between sessions: never into the user's own folder from a test run.
+os.environ.setdefault("N2X_SETTINGS_DIR", tempfile.mkdtemp(prefix="n2x-test-settings-"))
 
 
 def psnr(x: np.ndarray, clean: np.ndarray) -> float:
@@ -24,7 +28,7 @@ def run_cli(*args, check=True, **kwargs):
 @pytest.fixture(scope="session")
 def cells2d():
     """(noisy, clean) 2D synthetic cells, Gaussian noise sigma 0.1, 256 x 256."""
-    from n2x.data.samples import noisy_sample
+    from n2x.api import noisy_sample
 
     noisy, clean, _ = noisy_sample("2d", "gaussian", seed=3)
     return noisy, clean

@@ -12,10 +12,8 @@ import pytest
 from n2x import api
 from n2x.errors import N2xError, OptionError, OutputExistsError
 
-pytest.importorskip("psygnal")
-
-from n2x._napari import settings as st  # noqa: E402
-from n2x._napari.settings import DenoiseSettings, TrainSettings, load_settings, save_settings  # noqa: E402
+from n2x._napari import settings as st
+from n2x._napari.settings import DenoiseSettings, TrainSettings, load_settings, save_settings
 
 
 @pytest.fixture(autouse=True)

@@ -93,7 +93,6 @@ def test_channels_independent_2d_to_tiff(tmp_path):
     assert_close(tifffile.imread(out), model.predict(img, "CYX"))
 
 
-@pytest.mark.skipif("apbsn" not in n2x.methods.method_names(), reason="AP-BSN not available")
 @pytest.mark.parametrize("options", [dict(stride_train=3, r3_passes=2, network={"features": 8, "blocks": 2}),
                                      dict(blind=2, network={"features": 8})], ids=["pixel-shuffle", "blind-box"])
 def test_apbsn_equals_untiled_prediction(tmp_path, options):
@@ -291,7 +290,6 @@ def test_existing_output_of_another_job_is_refused(tmp_path, model2d, model3d):
 
 
 def test_napari_builtin_reader_opens_output(tmp_path, model2d):
-    pytest.importorskip("napari")
     from napari_builtins.io import read_zarr_dataset
 
     img = rng_image((3, 64, 64), seed=12)
