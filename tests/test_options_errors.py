@@ -96,3 +96,19 @@ def test_ci_runs_the_readme_commands():
     for line in commands:
         assert line.replace(" -q ", " ").replace(" -q", "") in readme.replace(" -q ", " ").replace(" -q", ""), line
     assert not re.search(r"^sudo ", readme, re.M)  # root-only machines have no sudo
+
+
+def test_cli_prints_engine_warnings(tmp_path):
+    # Textured everywhere, no flat area: AP-BSN cannot tell the noise level from the texture and warns that its box
+    # filter is off (see test_apbsn); the command line shows that warning as one line on stderr and goes on.
+    from test_apbsn import SIGMA, _box3, _smooth_scene
+
+    clean = _smooth_scene(7)
+    noisy = (clean + SIGMA * _box3(np.random.default_rng(1).normal(size=clean.shape))).astype(np.float32)
+    img = tmp_path / "textured.tif"
+    tifffile.imwrite(img, noisy)
+    proc = run_cli("train", img, "--method", "apbsn", "--steps", "2", "--patch", "48", "--batch", "8",
+                   "--device", "cpu", "--seed", "0", "-o", tmp_path / "m.n2x", "-q")
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("n2x: warning: ")]
+    assert len(warned) == 1 and "box filter" in warned[0], proc.stderr
+    assert "Traceback" not in proc.stderr and (tmp_path / "m.n2x").exists()
