@@ -282,12 +282,17 @@ def test_existing_output_of_another_job_is_refused(model_file, tmp_path):
     assert "outputs" not in written and written["files"][0]["status"] == "skipped"  # a report, no ledger
 
 
-def test_tiff_output_carries_its_fingerprint(model_file, tmp_path):
+def _one_tiff_folder(tmp_path, seed):
+    """``(data folder holding x.tif, the image, the output folder)``."""
     d = tmp_path / "data"
     d.mkdir()
-    img = rng_image((64, 64), 10)
+    img = rng_image((64, 64), seed)
     tifffile.imwrite(d / "x.tif", img)
-    out = tmp_path / "out"
+    return d, img, tmp_path / "out"
+
+
+def test_tiff_output_carries_its_fingerprint(model_file, tmp_path):
+    d, img, out = _one_tiff_folder(tmp_path, 10)
     res = batch.run_batch(model_file, [d], out, workers=1, device="cpu")
     assert res.results[0].status == "ok"
     record = read_tiff_record(out / "x.tif")
@@ -310,11 +315,7 @@ def test_tiff_output_carries_its_fingerprint(model_file, tmp_path):
 
 
 def test_tiff_of_another_job_is_refused(model_file, tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    img = rng_image((64, 64), 11)
-    tifffile.imwrite(d / "x.tif", img)
-    out = tmp_path / "out"
+    d, img, out = _one_tiff_folder(tmp_path, 11)
     other = n2x.train(img, "YX", steps=2, network={"features": 8}, patch_size=32, device="cpu", seed=1)
     other_file = other.save(tmp_path / "other.n2x")
     assert batch.run_batch(other_file, [d], out, workers=1, device="cpu").results[0].status == "ok"

@@ -86,6 +86,21 @@ def train_widget(make_napari_viewer, cells):
     widget._stop.set()
 
 
+def _denoise_widget_on_path(make_napari_viewer, models, cells, path):
+    """A Denoise widget with a tiny trained model listed, set to denoise the file or folder ``path``."""
+    from n2x._napari.denoise_widget import DenoiseWidget
+
+    model = n2x.train(cells, "YX", "n2v", steps=3, patch_size=32, batch_size=4, seed=0, device="cpu",
+                      network={"features": 8})
+    models.add(model, name="tiny")
+    viewer = make_napari_viewer()
+    widget = DenoiseWidget(viewer)
+    widget.from_path.setChecked(True)
+    widget.path_edit.setText(str(path))
+    widget._source_changed()
+    return viewer, widget
+
+
 def _wait_idle(qtbot, widget, timeout=TIMEOUT):
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
@@ -325,18 +340,9 @@ def test_denoise_widget_file_to_ome_zarr(qtbot, make_napari_viewer, models, tmp_
     """A file input goes through the chunked engine into an OME-Zarr that the new layer shows."""
     import tifffile
 
-    from n2x._napari.denoise_widget import DenoiseWidget
-
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, cells)
-    model = n2x.train(cells, "YX", "n2v", steps=3, patch_size=32, batch_size=4, seed=0, device="cpu",
-                      network={"features": 8})
-    models.add(model, name="tiny")
-    viewer = make_napari_viewer()
-    widget = DenoiseWidget(viewer)
-    widget.from_path.setChecked(True)
-    widget.path_edit.setText(str(src))
-    widget._source_changed()
+    viewer, widget = _denoise_widget_on_path(make_napari_viewer, models, cells, src)
     assert widget.axes_edit.text() == "YX"
     widget.save_edit.setText(str(tmp_path / "out.ome.zarr"))
     assert widget.run() is not None
@@ -436,20 +442,11 @@ def test_denoise_widget_folder_uses_the_planner(qtbot, make_napari_viewer, model
     """A folder goes through the CLI's planner: <stem>.tif in the output folder, one layer per image."""
     import tifffile
 
-    from n2x._napari.denoise_widget import DenoiseWidget
-
     folder = tmp_path / "in"
     folder.mkdir()
     tifffile.imwrite(folder / "a.tif", cells)
     tifffile.imwrite(folder / "b.tif", cells[::-1].copy())
-    model = n2x.train(cells, "YX", "n2v", steps=3, patch_size=32, batch_size=4, seed=0, device="cpu",
-                      network={"features": 8})
-    models.add(model, name="tiny")
-    viewer = make_napari_viewer()
-    widget = DenoiseWidget(viewer)
-    widget.from_path.setChecked(True)
-    widget.path_edit.setText(str(folder))
-    widget._source_changed()
+    viewer, widget = _denoise_widget_on_path(make_napari_viewer, models, cells, folder)
     out = tmp_path / "out"
     widget.save_edit.setText(str(out))
     assert widget.run() is not None
