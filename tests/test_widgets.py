@@ -87,7 +87,8 @@ def train_widget(make_napari_viewer, cells):
 
 
 def _denoise_widget_on_path(make_napari_viewer, models, cells, path):
-    """A Denoise widget with a tiny trained model listed, set to denoise the file or folder ``path``."""
+    """``(viewer, Denoise widget, model)``: a tiny trained model listed, the widget set to denoise ``path`` (a file
+    or a folder)."""
     from n2x._napari.denoise_widget import DenoiseWidget
 
     model = n2x.train(cells, "YX", "n2v", steps=3, patch_size=32, batch_size=4, seed=0, device="cpu",
@@ -98,7 +99,7 @@ def _denoise_widget_on_path(make_napari_viewer, models, cells, path):
     widget.from_path.setChecked(True)
     widget.path_edit.setText(str(path))
     widget._source_changed()
-    return viewer, widget
+    return viewer, widget, model
 
 
 def _wait_idle(qtbot, widget, timeout=TIMEOUT):
@@ -342,7 +343,7 @@ def test_denoise_widget_file_to_ome_zarr(qtbot, make_napari_viewer, models, tmp_
 
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, cells)
-    viewer, widget = _denoise_widget_on_path(make_napari_viewer, models, cells, src)
+    viewer, widget, model = _denoise_widget_on_path(make_napari_viewer, models, cells, src)
     assert widget.axes_edit.text() == "YX"
     widget.save_edit.setText(str(tmp_path / "out.ome.zarr"))
     assert widget.run() is not None
@@ -446,7 +447,7 @@ def test_denoise_widget_folder_uses_the_planner(qtbot, make_napari_viewer, model
     folder.mkdir()
     tifffile.imwrite(folder / "a.tif", cells)
     tifffile.imwrite(folder / "b.tif", cells[::-1].copy())
-    viewer, widget = _denoise_widget_on_path(make_napari_viewer, models, cells, folder)
+    viewer, widget, model = _denoise_widget_on_path(make_napari_viewer, models, cells, folder)
     out = tmp_path / "out"
     widget.save_edit.setText(str(out))
     assert widget.run() is not None

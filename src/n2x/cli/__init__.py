@@ -62,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("n2x: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:  # the output went to a pipe that closed early (``n2x info m.n2x | head``)
+            return 0
         except MemoryError:
             print("n2x: error: out of memory; use a smaller --tile or --batch, or --max-memory", file=sys.stderr)
             return EXIT_ERROR
