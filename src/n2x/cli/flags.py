@@ -61,15 +61,16 @@ def add_option(parser: Any, opt: Option, *, merged_help: str | None = None, supp
 
 
 def add_method_options(parser: argparse.ArgumentParser, methods: Iterable[Any]) -> dict[str, list[str]]:
-    """One group of flags per method (its label as title); an option declared by several methods (``--loss``)
-    is added once, with each method's help. Returns option name -> the methods that declare it."""
+    """One group of flags per method (its label as title); an option declared by several methods (``--loss``,
+    N2V's and N2V2's ``--mask-fraction``) is added once, with each method's help where they differ. Returns option
+    name -> the methods that declare it."""
     owners: dict[str, list[str]] = {}
     first: dict[str, tuple[Any, Option]] = {}
-    helps: dict[str, list[str]] = {}
+    helps: dict[str, dict[str, list[str]]] = {}  # option -> help text -> the methods it comes from
     for info in methods:
         for opt in info.options:
             owners.setdefault(opt.name, []).append(info.name)
-            helps.setdefault(opt.name, []).append(f"{info.name}: {_help(opt)}")
+            helps.setdefault(opt.name, {}).setdefault(_help(opt), []).append(info.name)
             first.setdefault(opt.name, (info, opt))
     groups: dict[str, Any] = {}
     for name, (info, opt) in first.items():
@@ -77,9 +78,20 @@ def add_method_options(parser: argparse.ArgumentParser, methods: Iterable[Any]) 
         if group is None:
             group = groups[info.name] = parser.add_argument_group(f"{info.label} (--method {info.name})",
                                                                     info.description.replace("%", "%%"))
-        merged = "; ".join(helps[name]) if len(helps[name]) > 1 else None
-        add_option(group, opt, merged_help=merged)
+        add_option(group, opt, merged_help=_merged_help(helps[name]))
     return owners
+
+
+def _merged_help(by_text: dict[str, list[str]]) -> str | None:
+    """One help for an option several methods declare: the shared text once, then what differs per method
+    (typically the default: ``...; n2v: default neighbour; n2v2: default median``)."""
+    if len(by_text) == 1:
+        return None
+    heads = {text.rsplit("; ", 1)[0] for text in by_text}
+    if len(heads) == 1 and all("; " in text for text in by_text):
+        tails = [f"{', '.join(ms)}: {text.rsplit('; ', 1)[1]}" for text, ms in by_text.items()]
+        return "; ".join([heads.pop(), *tails])
+    return "; ".join(f"{', '.join(ms)}: {text}" for text, ms in by_text.items())
 
 
 def given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
