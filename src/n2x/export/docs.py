@@ -1,0 +1,125 @@
+"""The text of an exported package: its README (method, training data, noise probe, tiling, citation, licence)
+and its citation entries. Plain strings and dicts; :mod:`.package` turns them into bioimage.io fields."""
+from __future__ import annotations
+
+from typing import Any
+
+#: licence of an exported package unless the caller gives another (an SPDX identifier)
+DEFAULT_LICENSE = "CC-BY-4.0"
+#: author of an exported package unless the caller names them
+DEFAULT_AUTHOR = "Unknown (exported with napari-n2x; pass authors to name the people who trained the model)"
+
+#: papers per method: (text, url) — arXiv pages, stable and free to read
+_PAPERS = {
+    "n2v": [("Krull, Buchholz, Jug. Noise2Void - Learning Denoising from Single Noisy Images. CVPR 2019.",
+             "https://arxiv.org/abs/1811.10980")],
+    "n2v2": [("Höck, Buchholz, Lalit, et al. N2V2 - Fixing Noise2Void Checkerboard Artifacts with Modified "
+              "Sampling Strategies and a Tweaked Network Architecture. ECCV Workshops 2022.",
+              "https://arxiv.org/abs/2211.08512"),
+             ("Krull, Buchholz, Jug. Noise2Void - Learning Denoising from Single Noisy Images. CVPR 2019.",
+              "https://arxiv.org/abs/1811.10980")],
+    "n2n": [("Lehtinen, Munkberg, Hasselgren, et al. Noise2Noise: Learning Image Restoration without Clean Data. "
+             "ICML 2018.", "https://arxiv.org/abs/1803.04189")],
+    "n2n-subsample": [("Huang, Li, Jia, Lu, Liu. Neighbor2Neighbor: Self-Supervised Denoising from Single Noisy "
+                       "Images. CVPR 2021.", "https://arxiv.org/abs/2101.02824")],
+    "apbsn": [("Lee, Son, Lee. AP-BSN: Self-Supervised Denoising for Real-World Images via Asymmetric PD and "
+               "Blind-Spot Network. CVPR 2022.", "https://arxiv.org/abs/2203.11799")],
+    "apbsn-box": [("Laine, Karras, Lehtinen, Aila. High-Quality Self-Supervised Deep Image Denoising. NeurIPS 2019.",
+                   "https://arxiv.org/abs/1901.10277")],
+}
+
+
+def citations(model: Any) -> list[tuple[str, str]]:
+    """``(text, url)`` of the papers to cite for ``model``'s method and design."""
+    name = model.method_name
+    p = model.method.params
+    out = list(_PAPERS.get(name, []))
+    if name == "n2n" and p.get("pairing") == "subsample":
+        out += _PAPERS["n2n-subsample"]
+    if name == "apbsn" and getattr(model.method, "design", "pd") == "box":
+        out += _PAPERS["apbsn-box"]
+    return out
+
+
+def describe_method(model: Any) -> str:
+    """One paragraph: the method and the design settings the package reproduces."""
+    name, p = model.method_name, model.method.params
+    net = model.config["network"]
+    if name in ("n2v", "n2v2"):
+        what = (f"{'N2V2' if name == 'n2v2' else 'Noise2Void'}: a blind-spot trained U-Net (depth "
+                f"{net.get('depth')}, {net.get('features')} features"
+                + (", max-blur-pool, no top skip connection" if name == "n2v2" else "") + ").")
+    elif name == "n2n":
+        what = (f"Noise2Noise ({p.get('pairing')} pairs): a U-Net (depth {net.get('depth')}, {net.get('features')} "
+                f"features{', residual' if net.get('residual') else ''}).")
+    else:
+        design = getattr(model.method, "design", "pd")
+        if design == "box":
+            what = (f"AP-BSN, blind-box design: a network blind to the {2 * p['blind'] + 1} x {2 * p['blind'] + 1} "
+                    f"box around each pixel, averaged over {p.get('ensemble', 1)} flips/rotations, "
+                    + ("then the fitted box filter of the residual." if p.get("box_filter")
+                       else "without a box filter (none was fitted)."))
+        else:
+            what = (f"AP-BSN, pixel-shuffle design: a blind-spot network on pixel-shuffle sub-images (training "
+                    f"stride {p.get('stride_train')}, inference stride {p.get('stride_infer')}), no R3 passes.")
+    return what
+
+
+def readme(model: Any, *, name: str, license: str, test_source: str, halo: int, multiple: int,
+           minimum: int, onnx: bool) -> str:
+    """The package's ``README.md``."""
+    cfg, hist = model.config, model.history or {}
+    training = cfg.get("training", {})
+    norm = cfg["normalization"]
+    probe = model.method.params.get("noise_probe") or {}
+    probe_text = (f"correlation length {probe.get('correlation_length')} px (AP-BSN's noise probe on the first "
+                  "training image)" if probe else "not run for this method (n2x probe measures it on an image)")
+    spatial = cfg["spatial"]
+    seconds = training.get("train_seconds", hist.get("train_seconds"))
+    cites = "\n".join(f"- {text} <{url}>" for text, url in citations(model))
+    return f"""# {name}
+
+A self-supervised denoiser trained with napari-n2x {cfg.get('package_version', '')},
+exported as a BioImage Model Zoo package. Input: float32 images in the units of the training data, axes
+`b, c, {', '.join(spatial.lower())}` ({cfg['n_channels']} channel(s)); output: the denoised image, same shape and
+units. Runs without napari-n2x: TorchScript weights{' and ONNX weights' if onnx else ''}.
+
+## Method
+
+{describe_method(model)}
+
+Everything `n2x denoise` does to a tile is inside the weights: the normalisation with the stored statistics
+({norm['mode']}: offset {[round(v, 6) for v in norm['offset']]}, scale {[round(v, 6) for v in norm['scale']]},
+input units), channels {'one at a time' if cfg['channels'] == 'independent' else 'jointly'}, the network and
+the return to input units. No pre- or postprocessing is needed.
+
+## Training
+
+- data: shape(s) {training.get('data_shapes')}, axes `{cfg.get('axes')}`; fingerprint (SHA-256 of shapes,
+  dtypes and sampled planes) `{training.get('data_hash')}`
+- {hist.get('steps', training.get('steps_done', '?'))} steps in {seconds} s on {training.get('device')}
+  (batch {training.get('batch_size')}, patches {cfg.get('patch_shape')}), created {cfg.get('created')}
+- noise probe: {probe_text}
+
+## Tiling
+
+Sizes along {', '.join(spatial.lower())}: {minimum} + k x {multiple} pixels (the network's multiple is
+{multiple}); halo {halo} pixels on every side. Blocks of that shape with that halo give the same result as the
+whole image, away from the image border. Within {halo} pixels of the border the result differs slightly from
+`n2x denoise`: a consumer pads the image by the halo (symmetrically, bioimageio.core's default), while n2x lets every
+layer of the network see zeros beyond the border; no padding mode reproduces that. Spatial sizes must be
+multiples of {multiple}: crop or pad the image to that first.
+
+## Test tensors
+
+n2x models do not keep their training data. The test input is {test_source}; the test output is this package's
+prediction on it as it is (no padding, as bioimage.io's test runs it).
+
+## Cite
+
+{cites}
+
+## Licence
+
+{license}
+"""

@@ -1,0 +1,141 @@
+"""Self-contained ``nn.Module`` wrappers that compute what ``n2x denoise`` computes, for TorchScript and ONNX.
+
+A wrapper maps an image block in the input's intensity units, float32 ``(B, C, Y, X)`` (2D networks) or
+``(B, C, Z, Y, X)`` (3D U-Nets), to the denoised block in the same units and shape. Inside it does what
+:meth:`n2x.model.Model.predict` does to one tile: the stored per-channel normalisation ``(x - offset) / scale``,
+channels folded into the batch for ``channels="independent"`` models, the method's prediction (the network; AP-BSN's
+flip/rotation ensemble and box filter of the residual; pixel-shuffle down/up), and the return to input units.
+
+Spatial sizes must be multiples of the model's ``multiple`` (the U-Net's pooling factor, the pixel-shuffle stride):
+the package declares this as its shape step, so a consumer never feeds another size. What cannot be expressed
+faithfully is refused by :func:`refusal` with the reason.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..nets.dihedral import TRANSFORMS
+
+#: the dihedral transforms as (transpose, flip Y, flip X) integer triples (TorchScript keeps no tuples of bools)
+_TRANSFORMS = [[int(a), int(b), int(c)] for a, b, c in TRANSFORMS]
+
+
+def _dihedral(x: torch.Tensor, t: list[int], inverse: bool) -> torch.Tensor:
+    """``x`` ``(..., Y, X)`` under transform ``t`` or its inverse (same as :func:`n2x.nets.dihedral.dihedral`)."""
+    if not inverse and t[0] == 1:
+        x = x.transpose(-2, -1)
+    if t[1] == 1:
+        x = x.flip([-2])
+    if t[2] == 1:
+        x = x.flip([-1])
+    if inverse and t[0] == 1:
+        x = x.transpose(-2, -1)
+    return x
+
+
+class Normalized(nn.Module):
+    """Normalise, fold independent channels into the batch, run ``core``, unfold, return to input units.
+
+    ``offset``/``scale``: per channel, input units (the model's stored :class:`~n2x.data.normalize.Normalization`).
+    """
+
+    def __init__(self, core: nn.Module, offset: list[float], scale: list[float], fold: bool, ndim: int):
+        super().__init__()
+        self.core = core
+        shape = [1, len(offset)] + [1] * ndim
+        self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32).reshape(shape))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).reshape(shape))
+        # Folding a single channel is a no-op; skipping it keeps the traced graph minimal.
+        self.fold = bool(fold) and len(offset) > 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = (x.float() - self.offset) / self.scale
+        if self.fold:
+            # (B, C, *S) -> (B * C, 1, *S): the network was trained on one channel at a time
+            y = self.core(y.reshape((-1, 1) + y.shape[2:])).reshape(x.shape)
+        else:
+            y = self.core(y)
+        return y * self.scale + self.offset
+
+
+class BoxCore(nn.Module):
+    """AP-BSN's blind box: mean over the first ``ensemble`` flips/rotations, then the box filter of the residual
+    (``kernel``: the fitted ``(2b + 1)``-square filter in normalised units, or None) — as
+    :meth:`n2x.methods.apbsn_designs.BlindBoxDesign.predict`."""
+
+    def __init__(self, net: nn.Module, ensemble: int, kernel: Any | None):
+        super().__init__()
+        self.net = net
+        self.transforms = _TRANSFORMS[:int(ensemble)]
+        self.filtered = kernel is not None
+        k = torch.tensor(kernel if kernel is not None else [[0.0]], dtype=torch.float32)
+        self.register_buffer("kernel", k[None, None])
+        self.pad = int(k.shape[-1]) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = torch.zeros_like(x)
+        for t in self.transforms:
+            acc = acc + _dihedral(self.net(_dihedral(x, t, False)), t, True)
+        den = acc / len(self.transforms)
+        if self.filtered:
+            c = x.shape[1]
+            w = self.kernel.expand(c, 1, self.kernel.shape[-2], self.kernel.shape[-1])
+            den = den + F.conv2d(x - den, w, padding=self.pad, groups=c)
+        return den
+
+
+class PixelShuffleCore(nn.Module):
+    """AP-BSN's pixel-shuffle design without R3: the blind-spot network on the ``stride`` x ``stride`` pixel-shuffle
+    sub-images, shuffled back (:func:`n2x.nets.pixel_shuffle.pixel_shuffle_down` and ``_up``, inlined)."""
+
+    def __init__(self, net: nn.Module, stride: int):
+        super().__init__()
+        self.net = net
+        self.stride = int(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        b, c, h, w = x.shape
+        sub = x.reshape(b, c, h // s, s, w // s, s).permute(0, 3, 5, 1, 2, 4).reshape(b * s * s, c, h // s, w // s)
+        y = self.net(sub)
+        y = y.reshape(b, s, s, c, h // s, w // s).permute(0, 3, 4, 1, 5, 2)
+        return y.reshape(b, c, h, w)
+
+
+def refusal(model: Any) -> str | None:
+    """Why ``model`` cannot be exported faithfully, or None when it can."""
+    name = model.method_name
+    if name == "apbsn":
+        p = model.method.params
+        if getattr(model.method, "design", "pd") == "pd" and int(p.get("r3_passes", 0)) > 0:
+            return (f"this AP-BSN model refines with {p['r3_passes']} R3 passes, whose choice of pixels is a hash of "
+                    "the global image coordinates; a block of a tiled prediction in another program does not know "
+                    "where it lies in the image, so the package would compute other pixels than n2x denoise")
+        return None
+    if name not in ("n2v", "n2v2", "n2n"):
+        return f"method {name!r} has no export recipe (only n2v, n2v2, n2n and apbsn are exported)"
+    return None
+
+
+def build_module(model: Any) -> nn.Module:
+    """The eval-mode, CPU, float32 wrapper of ``model`` (a :class:`n2x.model.Model`); see :func:`refusal` first."""
+    net = copy.deepcopy(model.net).float().cpu().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    method = model.method
+    if model.method_name == "apbsn":
+        p = method.params
+        if method.design == "box":
+            core: nn.Module = BoxCore(net, int(p.get("ensemble", 1)), p.get("box_filter") or None)
+        else:
+            core = PixelShuffleCore(net, int(p["stride_infer"]))
+    else:
+        core = net
+    norm = model.normalization
+    return Normalized(core, list(norm.offset), list(norm.scale), model.config["channels"] == "independent",
+                      len(model.spatial)).eval()
