@@ -112,3 +112,14 @@ def test_cli_prints_engine_warnings(tmp_path):
     warned = [line for line in proc.stderr.splitlines() if line.startswith("n2x: warning: ")]
     assert len(warned) == 1 and "box filter" in warned[0], proc.stderr
     assert "Traceback" not in proc.stderr and (tmp_path / "m.n2x").exists()
+
+
+def test_every_api_name_resolves():
+    # The api loads its names on first use (a fast start): each public name must map to a module that defines it.
+    from n2x.api import _WHERE
+
+    assert set(_WHERE) == set(api.__all__)
+    for name in api.__all__:
+        assert getattr(api, name) is not None, name
+    for name in n2x.__all__:
+        assert getattr(n2x, name) is not None, name

@@ -102,6 +102,14 @@ def _denoise_widget_on_path(make_napari_viewer, models, cells, path):
     return viewer, widget, model
 
 
+def _denoised(viewer, source: str):
+    """The result layer denoised from ``source``: named "<source> · <model>", marked as a result in its metadata."""
+    found = [layer for layer in viewer.layers if (layer.metadata or {}).get("n2x_role") == "denoised"
+             and layer.name.startswith(f"{source} · ")]
+    assert len(found) <= 1, [layer.name for layer in found]
+    return found[0] if found else None
+
+
 def _wait_idle(qtbot, widget, timeout=TIMEOUT):
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
@@ -156,7 +164,7 @@ def test_train_n2v_live_then_denoise_layer(qtbot, train_widget, models, tmp_path
     assert sum(ticks) >= 5, "the Qt event loop must keep running while training"
     assert previews, "a live preview layer appears during training"
     assert widget.plot.steps and widget.plot.val_losses
-    out = viewer.layers["cells [n2x denoised]"]
+    out = _denoised(viewer, "cells")
     assert out.data.shape == layer.data.shape and out.data.dtype == np.float32
     np.testing.assert_allclose(out.scale, layer.scale)
     np.testing.assert_allclose(out.translate, layer.translate)
@@ -314,7 +322,7 @@ def test_denoise_widget_layer_file_and_model_file(qtbot, make_napari_viewer, mod
     job = widget.run()
     assert job is not None and widget.run_btn.text() == "Cancel"
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
-    out = viewer.layers["cells [n2x denoised]"]
+    out = _denoised(viewer, "cells")
     np.testing.assert_allclose(out.scale, layer.scale)
     np.testing.assert_allclose(out.data, n2x.denoise(model, cells), rtol=1e-4, atol=1e-4)
     assert widget.progress.format() == "done" and widget.run_btn.text() == "Denoise"
@@ -348,7 +356,7 @@ def test_denoise_widget_file_to_ome_zarr(qtbot, make_napari_viewer, models, tmp_
     widget.save_edit.setText(str(tmp_path / "out.ome.zarr"))
     assert widget.run() is not None
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
-    out = viewer.layers["in [n2x denoised]"]
+    out = _denoised(viewer, "in")
     np.testing.assert_allclose(np.asarray(out.data), n2x.denoise(model, cells), rtol=1e-3, atol=1e-3)
     assert (tmp_path / "out.ome.zarr").exists()
     np.testing.assert_array_equal(tifffile.imread(src), cells)  # the input file is untouched
@@ -454,6 +462,6 @@ def test_denoise_widget_folder_uses_the_planner(qtbot, make_napari_viewer, model
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
     assert widget.progress.format() == "done"
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".tif") == ["a.tif", "b.tif"]
-    np.testing.assert_allclose(np.asarray(viewer.layers["a [n2x denoised]"].data), n2x.denoise(model, cells),
+    np.testing.assert_allclose(np.asarray(_denoised(viewer, "a").data), n2x.denoise(model, cells),
                                rtol=1e-3, atol=1e-3)
-    assert "b [n2x denoised]" in [layer.name for layer in viewer.layers]
+    assert _denoised(viewer, "b") is not None

@@ -1,6 +1,7 @@
 """Writing files so that an interrupted write never leaves a half-written file under the final name."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -18,17 +19,56 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    except FileNotFoundError:
-        raise FileNotFoundError(2, "the folder does not exist", str(path.parent)) from None
-    except PermissionError:
-        raise PermissionError(13, "no permission to write there", str(path)) from None
+    except OSError as exc:
+        raise OSError(exc.errno, _reason(exc, path), str(path)) from None
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OSError(exc.errno, _reason(exc, path), str(path)) from None
+    except OSError as exc:
+        if exc.filename is not None and Path(str(exc.filename)) == Path(tmp):
+            # Writing the temporary file failed (a full disk...): the user knows the path they gave, not ours.
+            raise OSError(exc.errno, _reason(exc, path), str(path)) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _reason(exc: OSError, path: Path) -> str:
+    """Why ``path`` cannot be written, in words that point at what to do."""
+    folder = path.parent
+    if not folder.exists():
+        return f"the folder {folder} does not exist; create it or choose another output path"
+    if not folder.is_dir():
+        return f"{folder} is not a folder; choose another output path"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.access(folder, os.W_OK):
+        return f"no permission to write in {folder}; choose a folder you can write to"
+    if exc.errno == errno.ENOSPC:
+        return f"the disk holding {folder} is full; free some space or choose another folder"
+    return f"files cannot be written in {folder} ({exc.strerror or exc}); choose another output path"
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line about an OSError for a user: the path it concerns and what to do, never a temporary file's name.
+
+    Errors raised through :func:`atomic_path` already say it; others (a zarr store that cannot be created, a file
+    that vanished) are worded here from their errno."""
+    name = exc.filename
+    text = exc.strerror or str(exc)
+    if name is None:
+        return text
+    name = str(name)
+    if Path(name).name.endswith(".part"):  # a temporary file of atomic_path (<name>.<random>.part): the final one
+        name = str(Path(name).with_name(Path(name).name.rsplit(".", 2)[0]))
+    if text.startswith(("the folder", "no permission", "the disk", "files cannot")) or name in text:
+        return f"cannot write {name}: {text}"
+    if exc.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR):
+        return f"cannot write {name}: {_reason(exc, Path(name))}"
+    return f"{name}: {text}"
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -18,15 +18,22 @@ import numpy as np
 import torch
 from torch import nn
 
-# torch.optim imports torch._dynamo lazily on first use; done first inside a worker thread (napari, dask) that import
-# can fail half-way ("'prims' object has no attribute 'sum'"). Importing it here, with the module, avoids the race.
-import torch._dynamo  # noqa: E402,F401
-
 from .data.patches import PatchSampler
 from .device import autocast_dtype, precision_name
 from .errors import TrainingError
 from .methods.base import Method
 from .nets import memory_format
+
+
+def import_optimiser_support() -> None:
+    """Import ``torch._dynamo`` now, in the calling thread.
+
+    torch.optim imports torch._dynamo lazily on first use; when that first import happens inside a worker thread
+    (napari, dask) it can fail half-way ("'prims' object has no attribute 'sum'"). It costs about a second, so it is
+    not imported with this module (``n2x --help``, ``n2x info`` and ``n2x probe`` never need it): the training entry
+    (:func:`n2x.api.train_iter`) and the front doors, before they start a training worker, call this instead.
+    """
+    import torch._dynamo  # noqa: F401
 
 
 @dataclass

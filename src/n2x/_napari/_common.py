@@ -9,11 +9,14 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                             QSizePolicy)
 
-from n2x.api import DEVICE_CHOICES, Option, available_devices, check_dtype, guess_axes, make_layout
+from n2x import api
+from n2x.api import DEVICE_CHOICES, Option, available_devices, guess_axes, make_layout
 from n2x.errors import N2xError
 
 ROLE_KEY = "n2x_role"  # metadata key marking layers this plugin made (preview, denoised)
-DENOISED_SUFFIX = " [n2x denoised]"
+DENOISED_SUFFIX = " [n2x denoised]"  # kept for scripts that look for it; results are named "<source> · <model>"
+RESULT_SEPARATOR = " · "  # a result layer: "<source> · <model tag>", the tag saying which model made it
+PARTIAL_MARK = " (partial {done}/{total} chunks)"  # appended to a result whose run was cancelled
 PREVIEW_SUFFIX = " [n2x preview]"
 
 
@@ -56,20 +59,37 @@ def describe_layout(shape: tuple[int, ...], axes: str, dims: int | None = None) 
     return " · ".join(parts)
 
 
-def check_trainable(layer: Layer | None, axes: str, dims: int | None = None, min_size: int = 16) -> None:
-    """Refuse what cannot be trained on, before any thread starts; N2xError with the reason."""
+def check_trainable(layer: Layer | None, axes: str, dims: int | None = None) -> None:
+    """Refuse what cannot be trained on, before any thread starts: N2xError with the reason. The engine's one rule
+    (:func:`n2x.api.check_trainable`: intensities, axes that fit, at least ``api.MIN_TRAIN_SIZE`` pixels per spatial
+    axis), shared by Train, Check noise and the data line."""
     if layer is None:
         raise N2xError("choose an image layer first (open an image, or File > Open Sample > n2x)")
     if not isinstance(layer, Image):
         raise N2xError(f"layer {layer.name!r} is a {type(layer).__name__} layer; choose an image layer with "
                        "the raw noisy intensities")
     data = layer_data(layer)
-    check_dtype(data.dtype)
-    lay = make_layout(tuple(data.shape), axes, dims)
-    small = [n for n in lay.spatial_shape if n < min_size]
-    if small:
-        raise N2xError(f"layer {layer.name!r} is too small to train on: its spatial shape is "
-                       f"{lay.spatial_shape} ({lay.spatial}); each spatial axis needs at least {min_size} pixels")
+    api.check_trainable(tuple(data.shape), axes, dims, data.dtype)
+
+
+#: In-memory layers up to this size are checked whole for NaN and constant values on the data line; larger or lazy
+#: ones are checked by the engine when training reads them (reading them here would freeze the viewer).
+VALUES_CHECK_BYTES = 64 * 2**20
+
+
+def value_problem(data: Any) -> str | None:
+    """What the data line should say about ``data``'s values: NaN/inf (InputError raised) or a constant image
+    (the engine's warning text); None when fine or not checked (a lazy or large layer)."""
+    if not isinstance(data, np.ndarray) or data.nbytes > VALUES_CHECK_BYTES:
+        return None
+    return api.check_values(data, "the layer")
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` as a file name without spaces or brackets ("nuclei 2D (real noise)" -> "nuclei_2D_real_noise")."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_.") or "model"  # underscores too: no "__" runs
 
 
 def result_layer_kwargs(source: Image, suffix: str, axes: str) -> dict[str, Any]:
@@ -187,6 +207,10 @@ def let_fields_shrink(widget: Any) -> None:
             continue
         field.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         field.setMinimumWidth(60)
+    # A long label ("Memory for patches") beside a field would set the dock's minimum width: in a narrow dock the
+    # label goes above its field instead.
+    for form in widget.findChildren(QFormLayout):
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
 
 
 def group_form(title: str) -> tuple[QGroupBox, QFormLayout]:
@@ -296,3 +320,62 @@ def scrolling_body(widget: Any) -> Any:
     root = QVBoxLayout(body)
     root.setContentsMargins(6, 6, 6, 6)
     return root
+
+
+#: Dynamic property marking the top widget of each n2x dock (Train, Denoise), so each can find the other's dock.
+DOCK_PROPERTY = "n2x_dock"
+
+
+def tabify_with_siblings(widget: Any) -> bool:
+    """Put ``widget``'s dock into tabs with another n2x dock already in the same dock area; True when it did.
+
+    napari stacks a new plugin dock under the existing ones and squeezes them: opening Denoise (or dropping a
+    ``.n2x`` file) left Train 150 px high, without its progress bar, Stop button or loss plot. As tabs, each widget
+    keeps the whole height and the user switches with one click; the new one is raised.
+    """
+    from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+
+    dock = widget.parentWidget()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    window = dock.parentWidget() if dock is not None else None
+    if not isinstance(window, QMainWindow) or dock.isFloating():
+        return False
+    area = window.dockWidgetArea(dock)
+    for other in window.findChildren(QDockWidget):
+        if other is dock or other.isFloating() or not other.isVisible() or window.dockWidgetArea(other) != area:
+            continue
+        if other in window.tabifiedDockWidgets(dock):
+            return True
+        if any(w.property(DOCK_PROPERTY) for w in other.findChildren(QWidget)):
+            window.tabifyDockWidget(other, dock)
+            dock.show()
+            dock.raise_()
+            return True
+    return False
+
+
+class DockJoiner:
+    """Mixin of the dock widgets: marks the widget as an n2x dock and, when it is first shown in a dock, joins the
+    other n2x dock as tabs (:func:`tabify_with_siblings`)."""
+
+    _joined = False
+
+    def mark_dock(self) -> None:
+        self.setProperty(DOCK_PROPERTY, True)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if not self._joined:
+            self._joined = True
+            from qtpy.QtCore import QTimer
+
+            # After napari has finished placing the dock (it resizes the docks of the area right after adding it).
+            QTimer.singleShot(0, lambda: _safely(tabify_with_siblings, self))
+
+
+def _safely(fn: Callable[[Any], Any], widget: Any) -> None:
+    try:
+        fn(widget)
+    except RuntimeError:  # the widget was deleted before the timer fired (viewer closed)
+        pass

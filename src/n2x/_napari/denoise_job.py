@@ -12,7 +12,7 @@ import re
 import tempfile
 import threading
 import time
-import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from n2x import api
 from n2x.errors import N2xError, OutputExistsError
 
-from ._common import DENOISED_SUFFIX, ROLE_KEY, insert_after, layer_axes, layer_data, result_layer_kwargs
+from ._common import PARTIAL_MARK, RESULT_SEPARATOR, ROLE_KEY, layer_axes, layer_data, result_layer_kwargs
 from .words import error_text
 from .workers import N2xWorkerError, ProgressRelay, start_worker
 
@@ -48,7 +48,8 @@ class DenoiseJob:
     def __init__(self, viewer: Any, model: Any, *, layer: Image | None = None, path: str | Path | None = None,
                  axes: str | None = None, tile: int | tuple[int, ...] | None = None, halo: int | None = None,
                  device: str | None = None, output: str = "auto", save_to: str | Path | None = None,
-                 overwrite: bool = False, on_progress: Callable[[int, int, str], None] | None = None,
+                 overwrite: bool = False, model_entry: Any = None,
+                 on_progress: Callable[[int, int, str], None] | None = None,
                  on_finished: Callable[[list[Layer]], None] | None = None,
                  on_error: Callable[[str], None] | None = None):
         if (layer is None) == (path is None):
@@ -58,12 +59,14 @@ class DenoiseJob:
         self.axes, self.tile, self.halo, self.device, self.output = axes, tile, halo, device, output
         self.save_to = Path(save_to) if save_to else None
         self.overwrite = overwrite
+        self.model_entry = model_entry  # the listed model (its short tag names the result layers), or None
         self.on_progress, self.on_finished, self.on_error = on_progress, on_finished, on_error
         self.stop = threading.Event()
         self.worker: Any = None
         self.layers: list[Layer] = []
         self.errored = False
         self._live: dict[int, tuple[Layer | None, float]] = {}
+        self._views: dict[str, Any] = {}  # output path -> its latest api.open_result view
         self._items: list[dict[str, Any]] = []
         self._running = False
 
@@ -181,30 +184,59 @@ class DenoiseJob:
             yield ("done", k, Path(result) if isinstance(result, (str, Path)) else item["dest"])
 
     # -- GUI-thread handlers ---------------------------------------------------------------------------------
+    def _model_tag(self) -> str:
+        entry = self.model_entry
+        if entry is not None and getattr(entry, "tag", ""):
+            return entry.tag
+        cfg = getattr(self.model, "config", {}) or {}
+        return str((cfg.get("method") or {}).get("name", "model")).upper()
+
     def _add_layer(self, item: dict[str, Any], data: Any, role: str = "denoised") -> Layer:
+        """Add a result layer on top of the layer list, selected: the newest result is the one in view.
+
+        Its name is short and says which model made it ("cells · N2V 14:02:31"); the full story (model, source,
+        axes, when, whether complete) is in the layer's metadata under ``n2x_result``."""
         src = item["layer"]
+        tag = self._model_tag()
         if src is not None:
-            kwargs = result_layer_kwargs(src, DENOISED_SUFFIX, item["axes"])
+            kwargs = result_layer_kwargs(src, f"{RESULT_SEPARATOR}{tag}", item["axes"])
         else:
-            kwargs = dict(name=f"{item['name']}{DENOISED_SUFFIX}", scale=item["scale"], translate=item["translate"],
-                          rgb=False, metadata={"n2x_axes": item["axes"], "n2x_source": str(item["source"])},
+            kwargs = dict(name=f"{item['name']}{RESULT_SEPARATOR}{tag}", scale=item["scale"],
+                          translate=item["translate"], rgb=False,
+                          metadata={"n2x_axes": item["axes"], "n2x_source": str(item["source"])},
                           contrast_limits=_quick_limits(item["data"]))
-        kwargs["metadata"] = {**kwargs["metadata"], ROLE_KEY: role}
+        entry = self.model_entry
+        describe = entry.describe() if entry is not None and hasattr(entry, "describe") else ""
+        result = {"model": entry.name if entry is not None else tag, "model_description": describe,
+                  "model_source": getattr(entry, "source", "") if entry is not None else "",
+                  "source": str(item["source"]) if src is None else src.name, "axes": item["axes"],
+                  "created": datetime.now().isoformat(timespec="seconds"),
+                  "output": str(item["dest"]) if item.get("dest") is not None else "",
+                  "status": "complete" if item["memory"] else "running"}
+        kwargs["metadata"] = {**kwargs["metadata"], ROLE_KEY: role, "n2x_result": result}
         layer = Image(data, **kwargs)
-        insert_after(self.viewer, src, layer)
+        self.viewer.layers.append(layer)
+        self.viewer.layers.selection.active = layer
         self.layers.append(layer)
         return layer
 
-    def _open_result(self, dest: Path, axes: str) -> Any:
-        """The result as a lazy array in the input's axis order (the OME-Zarr stores NGFF order: T, C, Z, Y, X)."""
-        import dask.array as da
+    def _mark(self, layer: Layer, view: Any) -> None:
+        """Say in the layer's name and metadata whether its OME-Zarr is complete (a cancelled run is partial)."""
+        meta = dict(layer.metadata.get("n2x_result", {}))
+        meta.update(status="partial" if view.partial else "complete", chunks_written=view.done,
+                    chunks_total=view.total)
+        layer.metadata = {**layer.metadata, "n2x_result": meta}
+        if view.partial and " (partial " not in layer.name:
+            layer.name = f"{layer.name}{PARTIAL_MARK.format(done=view.done, total=view.total)}"
 
-        info = api.open_image(dest)
-        data = info.data
-        if dest.suffix == ".zarr" or (dest / "0").exists():
-            # A new dask name each time: napari's dask cache would otherwise keep showing chunks read while empty.
-            data = da.from_zarr(str(dest / "0"), name=f"n2x-{uuid.uuid4().hex}")
-        stored = info.axes
+    def _open_result(self, dest: Path, axes: str) -> Any:
+        """The result as a lazy array in the input's axis order (the OME-Zarr stores NGFF order: T, C, Z, Y, X);
+        chunks not written yet are NaN, which napari draws as transparent (see :func:`n2x.api.open_result`)."""
+        if dest.suffix != ".zarr" and not (dest / "0").exists():
+            return api.open_image(dest).data  # a TIFF: written whole or not at all
+        view = api.open_result(dest)
+        self._views[str(dest)] = view
+        data, stored = view.data, view.axes
         if stored and stored != axes and sorted(stored) == sorted(axes):
             data = data.transpose([stored.index(a) for a in axes])
         return data
@@ -226,10 +258,15 @@ class DenoiseJob:
                     self._live[k] = (entry[0], now)
             return
         path = event[2]
+        layer = None
         if entry is not None and entry[0] in self.viewer.layers:
-            entry[0].data = self._open_result(path, item["axes"])
+            layer = entry[0]
+            layer.data = self._open_result(path, item["axes"])
         elif not self.stop.is_set():
-            self._add_layer(item, self._open_result(path, item["axes"]))
+            layer = self._add_layer(item, self._open_result(path, item["axes"]))
+        view = self._views.get(str(path))
+        if layer is not None and view is not None:
+            self._mark(layer, view)
         if self.stop.is_set():
             show_warning(f"Denoising cancelled; the chunks already computed are in {path} and a run with the "
                          "same output resumes from there.")
@@ -260,5 +297,6 @@ def _quick_limits(data: Any) -> tuple[float, float]:
     """Contrast limits from a small strided sample, so a lazy volume is not read in full."""
     step = tuple(max(1, n // 64) for n in data.shape)
     sample = np.asarray(data[tuple(slice(None, None, s) for s in step)], np.float32)
+    sample = sample[np.isfinite(sample)]
     lo, hi = np.percentile(sample, [0.5, 99.8]) if sample.size else (0.0, 1.0)
     return float(lo), float(hi if hi > lo else lo + 1)

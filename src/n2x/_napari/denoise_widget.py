@@ -10,16 +10,18 @@ from typing import Any
 
 from napari.layers import Layer
 from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QHBoxLayout, QLineEdit, QPushButton, QRadioButton,
                             QSizePolicy, QVBoxLayout, QWidget)
 
 from n2x import api
 from n2x.errors import N2xError
 
-from ._common import (LayerCombo, add_axes_rows, describe_data, describe_layout, device_control, field_with_button,
-                      group_form, hint_label, layer_axes, layer_data, let_fields_shrink, progress_bar, set_status,
-                      status_label)
+from ._common import (DockJoiner, LayerCombo, add_axes_rows, describe_data, describe_layout, device_control, field_with_button,
+                      group_form, hint_label, layer_axes, layer_data, let_fields_shrink, progress_bar, scrolling_body,
+                      set_status, status_label)
 from .denoise_job import DenoiseJob
+from .reader import prefer_our_ome_zarr_reader
 from .option_panel import OptionPanel
 from .settings import DENOISE_OPTIONS, DenoiseSettings, load_settings
 from .state import MODELS, ModelEntry, load_model_into_registry
@@ -28,16 +30,17 @@ from .words import error_text
 OUTPUT_WORDS = {"auto": "automatic", "tiff": "in memory (TIFF)", "zarr": "OME-Zarr on disk"}
 
 
-class DenoiseWidget(QWidget):
+class DenoiseWidget(DockJoiner, QWidget):
     """Plugins > n2x > Denoise."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
+        self.mark_dock()
+        prefer_our_ome_zarr_reader()  # results dropped back on the viewer keep their scale
         self.viewer = napari_viewer
         self.job: DenoiseJob | None = None
         self.settings: DenoiseSettings = load_settings(DenoiseSettings)
-        root = QVBoxLayout(self)
-        root.setContentsMargins(6, 6, 6, 6)
+        root = scrolling_body(self)  # a short screen scrolls instead of squeezing the controls
         root.addWidget(self._input_box())
         root.addWidget(self._model_box())
         root.addWidget(self._options_box())
@@ -160,6 +163,8 @@ class DenoiseWidget(QWidget):
         self.model_combo.clear()
         for e in entries:
             self.model_combo.addItem(e.name, e.name)
+            self.model_combo.setItemData(self.model_combo.count() - 1, f"{e.name}\n{e.describe()}",
+                                         Qt.ItemDataRole.ToolTipRole)
         # A model that just arrived (trained, loaded, dropped) becomes the choice; otherwise keep the user's.
         pick = newest if newest not in known else current
         if pick is not None and self.model_combo.findData(pick) >= 0:
@@ -313,7 +318,8 @@ class DenoiseWidget(QWidget):
                 kwargs["path"] = self._path()
             s = self.settings
             self.job = DenoiseJob(
-                self.viewer, entry.model, axes=self.axes_edit.text().strip().upper() or None, tile=s.value("tile"),
+                self.viewer, entry.model, model_entry=entry, axes=self.axes_edit.text().strip().upper() or None,
+                tile=s.value("tile"),
                 halo=s.value("halo"), device=s.value("device"), output=s.value("output"),
                 save_to=self.save_edit.text().strip() or None, overwrite=s.overwrite,
                 on_progress=self._on_progress, on_finished=self._on_finished, **kwargs)

@@ -6,6 +6,7 @@ widget redraws in well under a millisecond, so it can follow every progress repo
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QPointF, QRectF, QSize, Qt
@@ -15,6 +16,7 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 TRAIN_COLOUR = QColor(80, 160, 255)
 VAL_COLOUR = QColor(255, 150, 50)
 BEST_COLOUR = QColor(95, 191, 111)
+LEGEND_ROW = 14  # px between legend rows
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
@@ -71,6 +73,27 @@ class LossPlot(QWidget):
         pad = (hi - lo) * 0.08 or abs(hi) * 0.05 or 0.1
         return lo - pad, hi + pad
 
+    def legend_items(self) -> list[tuple[QColor, str, bool]]:
+        """The legend: (colour, text, drawn as a dot) for training, validation and the best validation loss."""
+        items = [(colour, f"{label} {values[-1]:.4g}", False)
+                 for label, colour, values in (("train", TRAIN_COLOUR, self.losses),
+                                               ("validation", VAL_COLOUR, self.val_losses)) if values]
+        if self.val_losses:
+            items.append((BEST_COLOUR, f"best {min(self.val_losses):.4g}", True))
+        return items
+
+    def _legend_layout(self, fm: Any) -> list[tuple[int, float, QColor, str, bool]]:
+        """Rows and x positions of the legend items, starting a new row where an item would pass the right edge."""
+        out, row, x = [], 0, float(fm.horizontalAdvance("0.0000") + 8)
+        left = x
+        for colour, text, dot in self.legend_items():
+            width = (12 if dot else 18) + fm.horizontalAdvance(text)
+            if x > left and x + width > self.width() - 4:
+                row, x = row + 1, left
+            out.append((row, x, colour, text, dot))
+            x += width + 14
+        return out
+
     def paintEvent(self, event: object) -> None:  # noqa: N802 - Qt's name
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -81,7 +104,10 @@ class LossPlot(QWidget):
         font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
         p.setFont(font)
         fm = p.fontMetrics()
-        left, right, top, bottom = fm.horizontalAdvance("0.0000") + 8, 8, 18, fm.height() + 8
+        legend = self._legend_layout(fm)
+        rows = max((row for row, _, _, _, _ in legend), default=0) + 1
+        left, right, bottom = fm.horizontalAdvance("0.0000") + 8, 8, fm.height() + 8
+        top = 18 + (rows - 1) * LEGEND_ROW
         area = QRectF(left, top, max(10, self.width() - left - right), max(10, self.height() - top - bottom))
 
         if not self.steps and not self.val_steps:
@@ -133,21 +159,16 @@ class LossPlot(QWidget):
             p.setBrush(BEST_COLOUR)
             p.drawEllipse(pt(self.val_steps[i], self.val_losses[i]), 4, 4)
 
-        # Legend with the latest values.
-        x = area.left()
-        for label, colour, values in (("train", TRAIN_COLOUR, self.losses), ("validation", VAL_COLOUR, self.val_losses)):
-            if not values:
-                continue
-            p.setPen(QPen(colour, 3))
-            p.drawLine(QPointF(x, 9), QPointF(x + 14, 9))
+        # Legend with the latest values: wrapped onto a second row in a narrow dock rather than cut off.
+        for row, x, colour, text_, dot in legend:
+            y = 9 + row * LEGEND_ROW
+            if dot:
+                p.setPen(QPen(colour, 1))
+                p.setBrush(colour)
+                p.drawEllipse(QPointF(x + 4, y), 4, 4)
+            else:
+                p.setPen(QPen(colour, 3))
+                p.drawLine(QPointF(x, y), QPointF(x + 14, y))
             p.setPen(text)
-            s = f"{label} {values[-1]:.4g}"
-            p.drawText(QPointF(x + 18, 9 + fm.ascent() / 2 - 1), s)
-            x += 18 + fm.horizontalAdvance(s) + 14
-        if self.val_losses:
-            p.setPen(QPen(BEST_COLOUR, 1))
-            p.setBrush(BEST_COLOUR)
-            p.drawEllipse(QPointF(x + 4, 9), 4, 4)
-            p.setPen(text)
-            p.drawText(QPointF(x + 12, 9 + fm.ascent() / 2 - 1), f"best {min(self.val_losses):.4g}")
+            p.drawText(QPointF(x + 18 if not dot else x + 12, y + fm.ascent() / 2 - 1), text_)
         p.end()

@@ -31,11 +31,21 @@ class NoiseCheck:
         self.follow_btn = QPushButton("Use recommendation")
         self.follow_btn.setVisible(False)
         self.follow_btn.clicked.connect(self.follow)
+        # The report's figures (lag correlations...) take eight lines and pushed the loss plot below the fold: the
+        # verdict is one line, the figures open on demand.
+        self.figures_btn = QPushButton("Figures")
+        self.figures_btn.setCheckable(True)
+        self.figures_btn.setVisible(False)
+        self.figures_btn.setToolTip("Show the measured noise level and correlations behind the verdict")
+        self.figures_btn.toggled.connect(lambda on: self.details.setVisible(bool(on) and self.report is not None))
         self.row.addWidget(self.button)
         self.row.addWidget(self.follow_btn)
+        self.row.addWidget(self.figures_btn)
         self.row.addStretch()
         self.label = hint_label()
         self.label.setVisible(False)
+        self.details = hint_label()
+        self.details.setVisible(False)
         settings.events.method.connect(lambda _m: self.show(self.report))
         settings.events.method_options.connect(lambda _v: self.show(self.report))
 
@@ -44,12 +54,15 @@ class NoiseCheck:
         self.report = None
         self.label.setVisible(False)
         self.follow_btn.setVisible(False)
+        self.figures_btn.setChecked(False)
+        self.figures_btn.setVisible(False)
+        self.details.setVisible(False)
 
     def check(self) -> None:
         """Run the noise probe on the chosen layer in a worker; the result appears under the method."""
         layer, axes, dims = self.source()
         try:
-            check_trainable(layer, axes, dims, min_size=8)
+            check_trainable(layer, axes, dims)  # the same rule as Train (the engine's)
         except N2xError as exc:
             show_error(f"n2x: {error_text(exc)}")
             return
@@ -86,8 +99,10 @@ class NoiseCheck:
         if rec == "apbsn" and current == "apbsn" and getattr(report, "stride", None):
             follows = self._stride_follows(int(report.stride))
         self.label.setVisible(True)
-        set_status(self.label, report.summary() if hasattr(report, "summary") else str(report),
-                   True if follows else None)
+        set_status(self.label, verdict(report), True if follows else None)
+        self.details.setText(report.summary() if hasattr(report, "summary") else str(report))
+        self.figures_btn.setVisible(True)
+        self.details.setVisible(self.figures_btn.isChecked())
         if rec is not None and not follows and rec in api.method_names():
             self.follow_btn.setText(f"Use {api.method_info(rec).label}")
         self.follow_btn.setVisible(rec is not None and not follows)
@@ -104,3 +119,13 @@ class NoiseCheck:
         if "stride_train" in self.settings.method_values():  # auto: the blind box sized by the same measurement
             self.settings.set_method_option("stride_train", None)
         self.show(report)
+
+
+def verdict(report: Any) -> str:
+    """The noise check's one line: the noise level, whether it is correlated, and the method that fits."""
+    sigma = getattr(report, "sigma", None)
+    level = f"noise σ {sigma:.3g}" if isinstance(sigma, (int, float)) else "noise measured"
+    length = getattr(report, "correlation_length", 0) or 0
+    if getattr(report, "recommended", None) == "apbsn":
+        return f"{level}, correlated over {length} px: AP-BSN fits (stride {report.stride})"
+    return f"{level}, independent from pixel to pixel: N2V / N2V2 fit"

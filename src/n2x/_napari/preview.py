@@ -57,13 +57,19 @@ class PreviewRegion:
             index = self._index
         if index is None:
             return None
+        block = self.read_at(index)
+        self.used = index
+        return block
+
+    def read_at(self, index: tuple) -> np.ndarray:
+        """The raw region at ``index`` as float32 ``(C, *spatial)``: what the preview shows until the model has
+        validated once (a network a few steps old outputs a flat, dark square that looks like an erased image)."""
         block = np.asarray(self.data[index], np.float32)
         lay = self.layout
         block = block.reshape([n for a, n in zip(lay.axes, block.shape) if a not in lay.sample_axes])
         kept = [a for a in lay.axes if a not in lay.sample_axes]
         order = ([kept.index("C")] if lay.channel_axis else []) + [kept.index(a) for a in lay.spatial]
         block = np.transpose(block, order)
-        self.used = index
         return block if lay.channel_axis else block[None]
 
     def place(self, preview: np.ndarray, index: tuple) -> tuple[np.ndarray, list[float]]:

@@ -5,10 +5,12 @@ A model is not an image, so the reader adds no layer; it returns napari's "read,
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 MODEL_SUFFIX = ".n2x"
+PLUGIN_NAME = "napari-n2x"
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list] | None:
@@ -20,16 +22,63 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list] | None:
 
 
 def read_models(path: str | list[str]) -> list:
-    """Load the model file(s), list them for the widgets and show the Denoise widget."""
-    from napari.utils.notifications import show_info
+    """Load the model file(s), list them for the widgets and show the Denoise widget.
+
+    A file that is not a model gets one n2x notification with the reason, and the reader still returns "nothing to
+    add": raising would make napari show its generic reader error, with a traceback button and the reason last."""
+    from napari.utils.notifications import show_error, show_info
+
+    from n2x.errors import N2xError
 
     from .state import load_model_into_registry
+    from .words import error_text
 
+    prefer_our_ome_zarr_reader()
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    entries = [load_model_into_registry(p) for p in paths]  # a ModelFileError reaches napari with its message
-    _show_denoise_widget(entries[-1].name)
-    show_info("n2x: model " + ", ".join(e.name for e in entries) + " loaded; it is listed in Plugins > n2x > Denoise")
+    entries, failed = [], []
+    for p in paths:
+        try:
+            entries.append(load_model_into_registry(p))
+        except N2xError as exc:
+            failed.append(error_text(exc))
+        except Exception as exc:  # noqa: BLE001 - a damaged file must not end in napari's traceback dialog
+            failed.append(f"{p} could not be loaded as a model ({type(exc).__name__}: {exc})")
+    if failed:
+        show_error("n2x: " + "; ".join(failed))
+    if entries:
+        _show_denoise_widget(entries[-1].name)
+        show_info("n2x: model " + ", ".join(e.name for e in entries)
+                  + " loaded; it is listed in Plugins > n2x > Denoise")
     return [(None,)]
+
+
+#: napari's reader preference pattern for OME-Zarr folders (napari matches a folder's path with a trailing "/").
+OME_ZARR_PATTERN = "*.ome.zarr" + os.sep
+#: Readers that read an OME-Zarr's scale themselves: with one of them installed the choice is left to the user.
+OTHER_OME_READERS = ("napari-ome-zarr",)
+
+
+def prefer_our_ome_zarr_reader() -> bool:
+    """Make this plugin napari's reader for ``*.ome.zarr`` folders when the user has not chosen one.
+
+    napari offers "napari builtins" or "n2x" for a dropped OME-Zarr with no hint, and its builtin reader drops the
+    NGFF scale and origin (a denoised volume shows at 1, 1, 1, stretched against its input). A choice the user made
+    is kept, and so is the choice when another OME-aware reader is installed. Called when an n2x widget opens or a
+    model is read. Returns True when the preference names this plugin afterwards."""
+    try:
+        from napari.plugins import _npe2
+        from napari.settings import get_settings
+
+        plugins = get_settings().plugins
+        current = dict(plugins.extension2reader)
+        if OME_ZARR_PATTERN in current:
+            return current[OME_ZARR_PATTERN] == PLUGIN_NAME
+        if any(name in _npe2.get_readers() for name in OTHER_OME_READERS):
+            return False
+        plugins.extension2reader = {**current, OME_ZARR_PATTERN: PLUGIN_NAME}
+        return True
+    except Exception:  # noqa: BLE001 - a preference is a convenience; napari then asks, as before
+        return False
 
 
 def _show_denoise_widget(model_name: str) -> None:
@@ -39,7 +88,7 @@ def _show_denoise_widget(model_name: str) -> None:
         viewer = napari.current_viewer()
         if viewer is None:
             return
-        _, widget = viewer.window.add_plugin_dock_widget("napari-n2x", "Denoise")
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Denoise")
         if hasattr(widget, "select_model"):
             widget.select_model(model_name)
     except Exception:  # noqa: BLE001 - the model is listed either way; showing the widget is a convenience
@@ -90,4 +139,14 @@ def read_ome_zarr(path: str) -> list:
         kwargs["channel_axis"] = axes.index("C")
     if "T" in shown:
         kwargs["axis_labels"] = list(shown)
+    if n_levels == 1:
+        from n2x.api import open_result
+
+        try:
+            view = open_result(path)
+        except Exception:  # noqa: BLE001 - not laid out as n2x writes: shown as read above
+            view = None
+        if view is not None and view.partial:  # a cancelled n2x run: unwritten chunks absent, and said so
+            levels[0] = view.data
+            kwargs["name"] += f" (partial {view.done}/{view.total} chunks)"
     return [(levels if n_levels > 1 else levels[0], kwargs, "image")]

@@ -1,6 +1,6 @@
 """Sample data for File > Open Sample > n2x — all local, no download.
 
-Synthetic noisy cells (made on the fly, with a known clean image behind them) and two real fluorescence images with
+Synthetic noisy cells (round cells with a nucleus, made on the fly by :func:`n2x.api.cells_sample`) and two real fluorescence images with
 real noise shipped in ``n2x/sample_data`` (StarDist samples, BSD-3-Clause; see the README there).
 """
 from __future__ import annotations
@@ -9,16 +9,18 @@ from importlib.resources import as_file, files
 
 import numpy as np
 
-from n2x.api import noisy_sample
+from n2x.api import cells_sample
 
 
-def noisy_cells_2d():
-    noisy, _, _ = noisy_sample("2d", "pg", seed=0)
+def noisy_cells_2d() -> list:
+    """Noisy synthetic cells, 256 x 256."""
+    noisy, _, _ = cells_sample("2d", seed=0)
     return [(noisy, {"name": "noisy cells 2D", "metadata": {"n2x_axes": "YX"}}, "image")]
 
 
-def noisy_cells_3d():
-    noisy, _, _ = noisy_sample("3d", "pg", seed=0)
+def noisy_cells_3d() -> list:
+    """Noisy synthetic cells, 32 x 128 x 128."""
+    noisy, _, _ = cells_sample("3d", seed=0)
     return [(noisy, {"name": "noisy cells 3D", "metadata": {"n2x_axes": "ZYX"}}, "image")]
 
 

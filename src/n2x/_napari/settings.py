@@ -46,11 +46,11 @@ NO_UNET_METHODS = ("apbsn",)
 #: What the Train widget does around training (not options of the engine).
 VIEW_OPTIONS: tuple[api.Option, ...] = (
     api.Option("preview", "bool", True, "denoise the current view every few seconds while training",
-               label="live preview of the current view", advanced=True),
+               label="live preview", advanced=True),
     api.Option("preview_every", "float", 3.0, "seconds between preview updates", label="Preview every",
                range=(0.5, 120.0), unit="s", advanced=True),
     api.Option("denoise_after", "bool", True, "denoise the whole image into a new layer when training ends",
-               label="denoise the image when training ends", advanced=True),
+               label="denoise at the end", advanced=True),
 )
 #: The Train widget's common options: the api's (less the length), the network's size and the view's.
 COMMON_OPTIONS: tuple[api.Option, ...] = tuple(

@@ -21,6 +21,9 @@ class ModelEntry:
     model: object  # n2x.Model; not imported here so that importing the state stays cheap
     source: str = ""
     added: float = field(default_factory=time.time)
+    #: a short name for the layers this model makes ("N2V 14:02:31", or a file's stem): it says which model made a
+    #: result in a layer list that shows ~25 characters
+    tag: str = ""
 
     def describe(self) -> str:
         """One line about the model: method, dimensionality, channels and what it was trained on."""
@@ -48,7 +51,7 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._entries: list[ModelEntry] = []
 
-    def add(self, model: object, name: str | None = None, source: str = "") -> ModelEntry:
+    def add(self, model: object, name: str | None = None, source: str = "", tag: str | None = None) -> ModelEntry:
         """Add ``model`` (or return its entry if it is already listed) and announce the change."""
         for entry in self._entries:
             if entry.model is model:
@@ -62,7 +65,9 @@ class ModelRegistry:
         names = {e.name for e in self._entries}
         while unique in names:
             unique, i = f"{base} ({i})", i + 1
-        entry = ModelEntry(unique, model, source)
+        cfg = getattr(model, "config", {}) or {}
+        default_tag = Path(path).stem if path is not None else str((cfg.get("method") or {}).get("name", "model")).upper()
+        entry = ModelEntry(unique, model, source, tag=tag or default_tag)
         self._entries.append(entry)
         self.changed.emit()
         return entry

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Generator
 
+import numpy as np
+
 from napari.layers import Image
 from napari.utils.notifications import show_error
 
@@ -15,6 +17,7 @@ from n2x.errors import N2xError
 
 from .denoise_job import DenoiseJob
 from .preview import PreviewRegion
+from .state import MODELS
 from .words import error_text
 from .workers import N2xWorkerError, start_worker
 
@@ -37,6 +40,7 @@ class TrainRun:
 
     def start_training(self, data: Any, axes: str, method: str, kw: dict[str, Any]) -> Any:
         """Start the training worker with every signal connected; returns it."""
+        api.prepare_training()  # in the GUI thread: the optimiser's lazy import races in a worker thread
         return start_worker(train_steps, data, axes, method, kw, self._region, self._stop.is_set, doing="training",
                             on_yield=self._on_progress, on_return=self._on_trained, on_error=self._on_error,
                             on_finish=self._on_finished)
@@ -54,14 +58,22 @@ class TrainRun:
         self.status.setText(f"step {p.step} · epoch {p.epoch:.1f} · {fmt_seconds(p.elapsed)} · loss {p.loss:.4g}"
                             f"{best} · {p.patches_per_second:.0f} patches/s")
         if p.preview is not None and index is not None and self._region is not None:
-            self._show_preview(p.preview, index)
+            raw = self._region.read_at(index)
+            # Not validated yet, or an output still nearly flat (a few steps in, on a slow CPU): the input itself,
+            # marked as such (see _show_preview), rather than a dark square that looks like an erased image.
+            if p.best_val_loss is None or float(np.std(p.preview)) < 0.2 * float(np.std(raw)):
+                self._show_preview(raw, index, waiting=True)
+            else:
+                self._show_preview(p.preview, index)
 
     def _denoise_trained(self, layer: Image) -> None:
         self.progress.setRange(0, 0)
         self.progress.setFormat("denoising the layer…")
         try:
+            entry = MODELS.get(self.model_name) if self.model_name else None
             self.denoise_job = DenoiseJob(self.viewer, self.model, layer=layer, axes=self._train_axes,
-                                          on_progress=self._on_denoise_progress, on_finished=self._on_denoised)
+                                          model_entry=entry, on_progress=self._on_denoise_progress,
+                                          on_finished=self._on_denoised)
             self.denoise_job.start()
         except N2xError as exc:
             show_error(f"n2x: {error_text(exc)}")
@@ -73,10 +85,15 @@ class TrainRun:
         self.progress.setValue(done)
         self.progress.setFormat(f"denoising: {done} / {total} {unit}")
 
+    def remove_preview(self) -> None:
+        """Remove the live preview layer (superseded by the denoised layer, or of no use once training ended)."""
+        if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.preview_layer)
+        self.preview_layer = None
+
     def _on_denoised(self, layers: list) -> None:
-        if layers and self.preview_layer is not None and self.preview_layer in self.viewer.layers:
-            self.viewer.layers.remove(self.preview_layer)  # the full result supersedes the preview
-            self.preview_layer = None
+        if layers:
+            self.remove_preview()  # the full result supersedes the preview
         self._reset_progress("done" if layers else "trained")
         self.train_btn.setEnabled(True)
 

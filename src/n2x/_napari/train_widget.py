@@ -22,10 +22,13 @@ from superqt import QCollapsible
 from n2x import api
 from n2x.errors import N2xError
 
-from ._common import (PREVIEW_SUFFIX, ROLE_KEY, LayerCombo, add_axes_rows, check_trainable, describe_data, describe_layout,
+from ._common import (PREVIEW_SUFFIX, ROLE_KEY, DockJoiner, LayerCombo, add_axes_rows, check_trainable, describe_data, describe_layout,
                       device_control, group_form, insert_after, layer_axes, layer_data, let_fields_shrink,
-                      progress_bar, result_layer_kwargs, scrolling_body, set_status, status_label)
+                      progress_bar, result_layer_kwargs, safe_file_name, scrolling_body, set_status, status_label,
+                      value_problem)
+from . import export_button
 from .denoise_job import DenoiseJob
+from .reader import prefer_our_ome_zarr_reader
 from .loss_plot import LossPlot
 from .method_section import MethodSection
 from .noise_check import NoiseCheck
@@ -40,11 +43,13 @@ COMMON_WORDS = {"dims": {None: "auto (3D if Z)", 2: "2D", 3: "3D"},
                 "normalization": {"meanstd": "mean / std", "percentile": "percentiles (1, 99.8)"}}
 
 
-class TrainWidget(TrainRun, QWidget):
+class TrainWidget(TrainRun, DockJoiner, QWidget):
     """Plugins > n2x > Train."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
+        self.mark_dock()
+        prefer_our_ome_zarr_reader()  # results dropped back on the viewer keep their scale
         self.viewer = napari_viewer
         self.settings: TrainSettings = load_settings(TrainSettings)
         self.worker: Any = None
@@ -105,6 +110,7 @@ class TrainWidget(TrainRun, QWidget):
         form.addRow(self.methods.help)
         form.addRow(self.noise.row)
         form.addRow(self.noise.label)
+        form.addRow(self.noise.details)
         form.addRow(self.methods.basic)
         return box
 
@@ -143,8 +149,13 @@ class TrainWidget(TrainRun, QWidget):
         self.save_btn.setEnabled(False)
         self.save_btn.setToolTip("Save the trained model as a .n2x file (loads in the Denoise widget and the CLI)")
         self.save_btn.clicked.connect(self._browse_save)
+        self.export_btn = QPushButton("Export…")  # a BioImage Model Zoo package (export_button.py)
+        self.export_btn.setEnabled(False)
+        self.export_btn.setToolTip(export_button.TOOLTIP)
+        self.export_btn.clicked.connect(lambda: export_button.browse_export(self))
         row.addWidget(self.train_btn, 2)
         row.addWidget(self.save_btn, 1)
+        row.addWidget(self.export_btn, 1)
         return row
 
     def _show_length(self) -> None:
@@ -189,10 +200,13 @@ class TrainWidget(TrainRun, QWidget):
             return
         data = layer_data(layer)
         try:
-            set_status(self.data_info, f"{describe_data(data)}\n{describe_layout(tuple(data.shape), axes, dims)}",
-                       True)
+            text = f"{describe_data(data)}\n{describe_layout(tuple(data.shape), axes, dims)}"
+            check_trainable(layer, axes, dims)  # the engine's rule: green only for what Train accepts
+            problem = value_problem(data)
         except N2xError as exc:
             set_status(self.data_info, f"{describe_data(data)}\n{error_text(exc)}", False)
+            return
+        set_status(self.data_info, f"{text}\n{problem}" if problem else text, problem is None)
 
     def set_method(self, key: str) -> None:
         """Choose method ``key`` (a registered name)."""
@@ -239,6 +253,7 @@ class TrainWidget(TrainRun, QWidget):
             camera(self.viewer).events.center.connect(self._view_moved)
         self.controls.setEnabled(False)
         self.save_btn.setEnabled(False)
+        self.export_btn.setEnabled(False)
         self.train_btn.setText("Stop")
         self.train_btn.setToolTip("Stop now and keep the best model so far")
         self.progress.setValue(0)
@@ -259,18 +274,25 @@ class TrainWidget(TrainRun, QWidget):
         if self._region is not None:
             self._region.update(self.viewer)
 
-    def _show_preview(self, preview: np.ndarray, index: tuple) -> None:
+    def _show_preview(self, preview: np.ndarray, index: tuple, waiting: bool = False) -> None:
+        """Show ``preview`` over the region it came from; ``waiting``: it is the raw input, shown until the model has
+        validated once, dimmed and said so in the layer's metadata and the status line."""
         layer = self._train_layer
         arr, offsets = self._region.place(preview, index)
         translate = [t + o * s for t, o, s in zip(layer.translate, offsets, layer.scale)]
+        state = "input: the model has not validated yet" if waiting else "model output"
         if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
             kwargs = result_layer_kwargs(layer, PREVIEW_SUFFIX, self._train_axes)
             kwargs["translate"] = translate
-            kwargs["metadata"] = {**kwargs["metadata"], ROLE_KEY: "preview"}
+            kwargs["metadata"] = {**kwargs["metadata"], ROLE_KEY: "preview", "n2x_preview": state}
             self.preview_layer = insert_after(self.viewer, layer, Image(arr, **kwargs))
         else:
             self.preview_layer.data = arr
             self.preview_layer.translate = translate
+            self.preview_layer.metadata = {**self.preview_layer.metadata, "n2x_preview": state}
+        self.preview_layer.opacity = 0.5 if waiting else 1.0  # "not yet": the input shows through, half strength
+        if waiting:
+            self.status.setText(self.status.text() + " · preview: the input until the first validation")
 
     def _on_trained(self, model: Any) -> None:
         if model is None:
@@ -278,10 +300,12 @@ class TrainWidget(TrainRun, QWidget):
         self.model = model
         layer = self._train_layer
         hist = model.history or {}
-        name = f"{model.method_name.upper()} · {layer.name} · {datetime.now():%H:%M:%S}"
-        entry = MODELS.add(model, name=name, source=f"trained on layer {layer.name!r}")
+        # The time first: it is what tells two models of one layer apart, and a narrow combo keeps the left end.
+        tag = f"{api.method_info(model.method_name).label} {datetime.now():%H:%M:%S}"
+        entry = MODELS.add(model, name=f"{tag} · {layer.name}", source=f"trained on layer {layer.name!r}", tag=tag)
         self.model_name = entry.name
         self.save_btn.setEnabled(True)
+        self.export_btn.setEnabled(True)
         how = "stopped" if hist.get("stopped") else "finished"
         best = hist.get("best_val_loss")
         self.status.setText(f"Training {how} after {hist.get('steps', '?')} steps"
@@ -289,6 +313,8 @@ class TrainWidget(TrainRun, QWidget):
                             + f". Model listed in Denoise as “{entry.name}”.")
         if self.settings.options.get("denoise_after") and layer in self.viewer.layers:
             self._denoise_trained(layer)
+        else:
+            self.remove_preview()  # nothing will supersede it; a stale "[n2x preview]" would look like a result
 
     def _on_finished(self) -> None:
         self._training = False
@@ -299,6 +325,7 @@ class TrainWidget(TrainRun, QWidget):
         self.train_btn.setToolTip("")
         self.train_btn.setEnabled(not self.busy)
         if self._errored:
+            self.remove_preview()
             self._reset_progress("failed")
         elif self.denoise_job is None or not self.denoise_job.running:
             self._reset_progress("done" if self.model is not None else "ready")
@@ -309,7 +336,8 @@ class TrainWidget(TrainRun, QWidget):
 
         if self.model is None:
             return
-        default = f"{self._train_layer.name if self._train_layer else 'model'}_{self.model.method_name}.n2x"
+        default = safe_file_name(f"{self._train_layer.name if self._train_layer else 'model'}_"
+                                 f"{self.model.method_name}") + ".n2x"
         path, _ = QFileDialog.getSaveFileName(self, "Save the model", default, "n2x models (*.n2x)")
         if path:
             self.save_model(path, overwrite=True)  # the dialog has asked before replacing a file
@@ -325,7 +353,7 @@ class TrainWidget(TrainRun, QWidget):
             show_error(f"n2x: {error_text(exc)}")
             return None
         except OSError as exc:
-            show_error(f"n2x: cannot write {path}: {exc.strerror or exc}")
+            show_error(f"n2x: {api.os_error_text(exc)}")
             return None
         show_info(f"n2x: model saved to {saved}")
         return saved

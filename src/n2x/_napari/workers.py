@@ -48,6 +48,8 @@ def user_message(exc: BaseException, doing: str = "the task") -> str:
         return error_text(exc)
     from n2x import api  # here: importing the workers stays cheap (no torch)
 
+    if isinstance(exc, OSError) and exc.filename is not None:  # an output that cannot be written, a full disk
+        return f"{doing[:1].upper() + doing[1:]} failed: {api.os_error_text(exc)}."
     if api.is_out_of_memory(exc):
         return (f"{doing[:1].upper() + doing[1:]} ran out of memory. Use a smaller batch size or patch size "
                 "(or a smaller tile when denoising), or choose the CPU as device, then try again.")

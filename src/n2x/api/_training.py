@@ -5,6 +5,7 @@ import hashlib
 import os
 from datetime import datetime, timezone
 from functools import partial
+import warnings
 from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
@@ -12,58 +13,18 @@ import torch
 
 from .._progress import drain
 from .._version import __version__
-from ..data.axes import Layout, check_dtype, make_layout
+from ..data.axes import CONSTANT_MESSAGE, Layout, check_dtype, check_train_size, constant_value, make_layout
 from ..data.patches import PatchSampler
-from ..device import DEVICE_CHOICES, PRECISION_CHOICES, autocast_dtype, precision_name, select_device
+from ..device import autocast_dtype, precision_name, select_device
 from ..durations import parse_duration
-from ..errors import InputError, N2xError, OptionError
+from ..errors import InputError, N2xError, N2xWarning, OptionError
 from ..methods import get_method, method_info
 from ..model import Model
 from ..options import Option, parse_options
-from ..training import TrainProgress, fit
+from ..training import TrainProgress, fit, import_optimiser_support
 
-DEFAULT_SECONDS = 180.0
-#: default training patches and patches per step. In 2D many small patches: at equal pixels per step, 64 patches of
-#: 32 x 32 train N2V and N2N better than 16 of 64 x 64 or 4 of 128 x 128 (camera/G25 at 180 s: N2V 28.2 / 28.0 /
-#: 27.4 dB; N2N 29.5 / 28.9 dB): a step sees more of the image, for the same cost.
-DEFAULT_PATCH = {2: (32, 32), 3: (16, 64, 64)}
-DEFAULT_BATCH = {2: 64, 3: 16}
-MAX_DEFAULT_BATCH = 256
-LEARNING_RATE = 4e-3
-MAX_MEMORY = 2 * 2**30
-VAL_FRACTION = 0.1
-PREVIEW_EVERY = 2.0
-
-#: The options of every training run, whatever the method: the CLI's flags and the Train widget's controls are
-#: generated from these, and :func:`train_iter` takes them as keywords with these defaults.
-TRAIN_OPTIONS: tuple[Option, ...] = (
-    Option("time", "str", None, f"training time (wall clock), e.g. 90s, 3m, 1h (default {DEFAULT_SECONDS / 60:g}m "
-           "when neither steps nor epochs are given)", label="Time"),
-    Option("steps", "int", None, "number of training steps", range=(1, 10**9)),
-    Option("epochs", "float", None, "passes over the training pixels", range=(1e-3, 1e6)),
-    Option("patch_size", "shape", None, "training patch size in pixels, one value or one per spatial axis (default "
-           "from the method: 32 x 32 in 2D, 16 x 64 x 64 in 3D for N2V); multiples of the network's "
-           "downsampling factor", label="Patch size", auto=True, unit="px"),
-    Option("batch_size", "int", None, "patches per step (default: as many as hold the pixels of the method's "
-           "default batch, 64 patches of 32 x 32 in 2D for N2V); lower it if the device runs out of memory",
-           label="Batch", range=(1, 4096), auto=True),
-    Option("learning_rate", "float", LEARNING_RATE, "peak learning rate (annealed to 1% of it by the end)",
-           label="Learning rate", range=(1e-6, 1.0), advanced=True),
-    Option("channels", "str", "independent", "independent: one network applied to each channel; joint: the "
-           "channels go through the network together", choices=("independent", "joint"), advanced=True),
-    Option("dims", "int", None, "2D or 3D network (default: 3D when there is a Z axis)", label="Network",
-           choices=(2, 3), auto=True),
-    Option("normalization", "str", "meanstd", "how intensities are normalised: meanstd (mean and standard "
-           "deviation) or percentile (1st to 99.8th percentile)", choices=("meanstd", "percentile"), advanced=True),
-    Option("val_fraction", "float", VAL_FRACTION, "share of the data held out for validation",
-           label="Validation share", range=(0.0, 0.5), advanced=True),
-    Option("max_memory", "float", MAX_MEMORY, "training patches kept in memory; larger data are sampled lazily",
-           label="Memory for patches", range=(1e5, 2**44), unit="bytes", advanced=True),
-    Option("device", "str", "auto", f"{', '.join(DEVICE_CHOICES)} (or cuda:N)", advanced=True),
-    Option("precision", "str", "auto", "mixed precision in training: auto (bfloat16 on CUDA and on CPUs with "
-           "hardware bfloat16, float32 elsewhere), float32 or bfloat16", choices=PRECISION_CHOICES, advanced=True),
-    Option("seed", "int", None, "random seed (default: a new one each run)", range=(0, 2**31 - 1), advanced=True),
-)
+from ._options import (DEFAULT_BATCH, DEFAULT_PATCH, DEFAULT_SECONDS, LEARNING_RATE,  # noqa: F401
+                       MAX_DEFAULT_BATCH, MAX_MEMORY, PREVIEW_EVERY, TRAIN_OPTIONS, VAL_FRACTION)
 
 
 def _as_list(images: Any) -> list:
@@ -128,6 +89,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     current one) denoised every ``preview_every`` seconds into ``TrainProgress.preview``. ``should_stop`` is
     polled between steps; the best model so far is returned.
     """
+    import_optimiser_support()  # here, in the caller's thread, before any worker or optimiser runs
     if sum(x is not None for x in (time, steps, epochs)) > 1:
         raise OptionError("give only one of time, steps and epochs")
     common = parse_options(TRAIN_OPTIONS, {
@@ -152,6 +114,7 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
             img = images[i] = np.asarray(img)
         check_dtype(img.dtype)
         layouts.append(make_layout(img.shape, axes, dims))
+        check_train_size(layouts[-1])  # the one rule every front door shows (api.check_trainable)
     n_ch = layouts[0].n_channels
     if any(lay.n_channels != n_ch for lay in layouts):
         raise InputError("all training images must have the same number of channels")
@@ -189,6 +152,12 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     sources = meth.make_sources(images, layouts, target=target, pairs=pairs, along=along)
     sampler = PatchSampler(sources, patch, max_memory=max_memory, val_fraction=val_fraction,
                            normalization=normalization, seed=seed)
+    # A constant image trains to an identity and says nothing; say it. A warning, not an error: the raw regions the
+    # sampler read (all of a small image, a sample of a large one) are what the statement is about.
+    flat = constant_value([r[0] for r in sampler._regions])
+    if flat is not None:
+        warnings.warn(CONSTANT_MESSAGE.format(value=flat * sampler.norm.scale[0] + sampler.norm.offset[0]),
+                      N2xWarning, stacklevel=2)
     if steps is None and time is None and epochs is None:
         time = DEFAULT_SECONDS
     if epochs is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .._version import __version__
 from ..errors import N2xError, N2xWarning
@@ -17,7 +17,29 @@ from .progress import EXIT_ERROR, EXIT_INTERRUPTED
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse's usage errors as one line on stderr with exit code 2, like the engine's errors."""
+    """argparse's usage errors as one line on stderr with exit code 2, like the engine's errors.
+
+    ``fill``: a function adding the parser's arguments, called only when this (sub-)command is parsed or its help is
+    shown. ``n2x --help`` and ``n2x info`` then never build ``n2x train``'s flags, which come from the methods'
+    declarations and so load torch.
+    """
+
+    def __init__(self, *args: Any, fill: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._fill = fill
+
+    def filled(self) -> "OneLineParser":
+        """This parser with its arguments added (once)."""
+        fill, self._fill = self._fill, None
+        if fill is not None:
+            fill(self)
+        return self
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # noqa: D102 - argparse's
+        return super(OneLineParser, self.filled()).parse_known_args(args, namespace)
+
+    def format_help(self) -> str:  # noqa: D102 - argparse's
+        return super(OneLineParser, self.filled()).format_help()
 
     def error(self, message: str) -> Any:
         self.exit(EXIT_ERROR, f"n2x: error: {message} (see {self.prog} --help)\n")
@@ -25,6 +47,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .denoise import add_denoise_parser
+    from .export import add_export_parser
     from .tools import add_tool_parsers
     from .train import add_train_parser
 
@@ -34,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_denoise_parser(sub)
     add_tool_parsers(sub)
+    add_export_parser(sub)
     return parser
 
 
@@ -68,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("n2x: error: out of memory; use a smaller --tile or --batch, or --max-memory", file=sys.stderr)
             return EXIT_ERROR
         except OSError as exc:
-            print(f"n2x: error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
+            from .. import api
+
+            print(f"n2x: error: {api.os_error_text(exc)}", file=sys.stderr)
             return EXIT_ERROR
 
 

@@ -14,7 +14,11 @@ from .progress import EXIT_INTERRUPTED, progress_bar
 
 
 def add_denoise_parser(sub: Any) -> None:
-    p = sub.add_parser("denoise", help="denoise images with a trained model")
+    sub.add_parser("denoise", help="denoise images with a trained model", fill=_fill_denoise)
+
+
+def _fill_denoise(p: argparse.ArgumentParser) -> None:
+    """``n2x denoise``'s arguments (added when the command is used or its help shown)."""
     p.add_argument("model", help="model file (.n2x)")
     p.add_argument("inputs", nargs="+", help="image file(s), glob patterns or folders (TIFF, OME-TIFF, zarr, "
                    "OME-Zarr); several, a folder or a pattern mean batch mode into the folder -o")
@@ -60,7 +64,10 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         raise N2xError("the output would overwrite the input", hint="choose another output path")
     model = api.load_model(args.model, device=args.device)
     info = api.open_image(args.inputs[0], level=args.level)
-    info.axes = args.axes.upper() if args.axes else info.axes
+    info.axes, note = api.input_axes(info.axes, info.data.shape, model.config.get("axes"), args.axes,
+                                     info.axes_named)
+    if note:  # always, like a warning: it says how the file was read
+        print(f"n2x: {note}", file=sys.stderr)
     gen = api.iter_denoise_volume(model, info, out, info.axes, tile=_one_or_all(args.tile),
                                   batch_size=args.batch_size, level=args.level, overwrite=args.overwrite,
                                   chunks=_one_or_all(args.chunks), ngff_version=args.ngff_version)

@@ -14,8 +14,12 @@ LENGTH = ("time", "steps", "epochs")
 
 
 def add_train_parser(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a denoiser on noisy images",
-                       description="Train a self-supervised denoiser on noisy images and save it as a .n2x file.")
+    sub.add_parser("train", help="train a denoiser on noisy images", fill=_fill_train,
+                   description="Train a self-supervised denoiser on noisy images and save it as a .n2x file.")
+
+
+def _fill_train(p: argparse.ArgumentParser) -> None:
+    """``n2x train``'s arguments; the method flags come from the methods' declarations (which load torch)."""
     p.add_argument("images", nargs="+", help="noisy image file(s), glob patterns or folders: TIFF, OME-TIFF, "
                    "zarr, OME-Zarr (one model is trained on patches drawn from all of them)")
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders of folder inputs too")

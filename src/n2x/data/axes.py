@@ -186,5 +186,35 @@ def check_finite(block: np.ndarray, where: str = "the image") -> None:
     if block.dtype.kind == "f" and not np.isfinite(block).all():
         n = int(np.size(block) - np.count_nonzero(np.isfinite(block)))
         raise InputError(
-            f"{where} contains {n} NaN or infinite value(s); replace them (e.g. with the median) before denoising"
+            f"{where} contains {n} NaN or infinite value(s); replace them (e.g. with the median) first"
         )
+
+
+#: The smallest spatial size, per axis, that the engine trains on: the default networks halve an image four times
+#: (16 -> 1) and the patch sampler needs whole patches. One rule for every front door (the widgets' data line and
+#: noise check, ``n2x train``, :func:`n2x.train`).
+MIN_TRAIN_SIZE = 16
+#: planes a 3D network needs: stacks are often thin (8-20 planes) and a 3D U-Net's multiple is 4
+MIN_TRAIN_DEPTH = 4
+
+
+def check_train_size(layout: Layout) -> None:
+    """Refuse an image too small to train on: InputError. Y and X need :data:`MIN_TRAIN_SIZE` pixels each (a
+    blind spot and its neighbourhood, two poolings), Z of a 3D network :data:`MIN_TRAIN_DEPTH` planes."""
+    need = [MIN_TRAIN_DEPTH if a == "Z" else MIN_TRAIN_SIZE for a in layout.spatial]
+    if any(n < k for n, k in zip(layout.spatial_shape, need)):
+        z = f", and Z at least {MIN_TRAIN_DEPTH} planes" if "Z" in layout.spatial else ""
+        raise InputError(f"the image is too small to train on: its spatial shape is {layout.spatial_shape} "
+                         f"({layout.spatial}); Y and X need at least {MIN_TRAIN_SIZE} pixels each{z}")
+
+
+def constant_value(blocks: Sequence[np.ndarray]) -> float | None:
+    """The one value every pixel of ``blocks`` holds, or None when they vary (a constant image has no noise to
+    learn from: the engine warns, the widgets show it on their data line)."""
+    lo = min((float(np.min(b)) for b in blocks if np.size(b)), default=None)
+    hi = max((float(np.max(b)) for b in blocks if np.size(b)), default=None)
+    return lo if lo is not None and lo == hi else None
+
+
+CONSTANT_MESSAGE = ("the image is constant (every pixel is {value:g}): there is no noise to learn from, and the "
+                    "model will hardly change it")

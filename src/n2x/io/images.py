@@ -44,6 +44,9 @@ class ImageInfo:
     units: dict[str, str] = field(default_factory=dict)
     kind: str = "array"
     extra: dict = field(default_factory=dict)
+    #: False when the file does not name its axes (a plain TIFF: tifffile calls its extra axes "Q"/"I", read here as
+    #: sample axes); :func:`n2x.api.input_axes` then prefers a model's axes
+    axes_named: bool = True
 
 
 def open_image(path: str | os.PathLike, level: int = 0) -> ImageInfo:
@@ -70,7 +73,7 @@ def _open_tiff(p: Path, level: int) -> ImageInfo:
             raise InputError(f"{p} has {len(levels)} resolution level(s); level {level} does not exist")
         store = levels[level].aszarr()
         arr = zarr.open(store, mode="r")
-        data = da.from_zarr(arr)
+        data = _guarded(arr, p, level)
         axes = "".join(_TIFF_AXES.get(a, "S") for a in series.axes)
         if len(set(axes)) != len(axes):
             axes = None  # e.g. two unknown axes: let the user say
@@ -85,7 +88,34 @@ def _open_tiff(p: Path, level: int) -> ImageInfo:
             if a in scale and here:
                 scale[a] *= full / here
     return ImageInfo(data=data, axes=axes, path=p, scale=scale, translation=translation, units=units, kind="tiff",
-                     extra={"tiff": tif})
+                     extra={"tiff": tif}, axes_named=not set(series.axes) & set("QI"))
+
+
+class _GuardedReads:
+    """A TIFF's pixels, read lazily, where a read that fails (a truncated file, a corrupt strip) is an
+    :class:`InputError` naming the file: opening reads only the header, so damage shows up at the first read, deep
+    inside training or denoising, and would otherwise surface as tifffile's traceback."""
+
+    def __init__(self, arr: Any, path: Path, level: int):
+        self.arr, self.path, self.level = arr, path, level
+        self.shape, self.dtype, self.ndim = tuple(arr.shape), np.dtype(arr.dtype), arr.ndim
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.arr[index])
+        except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the file is damaged
+            raise InputError(f"{self.path} cannot be read: its pixel data are damaged or truncated "
+                             f"({type(exc).__name__}: {exc})", hint="check the file, or copy it again") from None
+
+    def __dask_tokenize__(self) -> tuple:
+        stat = self.path.stat()
+        return ("n2x-tiff", str(self.path.resolve()), self.level, stat.st_size, stat.st_mtime_ns)
+
+
+def _guarded(arr: Any, path: Path, level: int) -> Any:
+    """``arr`` (tifffile's zarr view) as a dask array whose read errors name the file (:class:`_GuardedReads`)."""
+    reads = _GuardedReads(arr, path, level)
+    return da.from_array(reads, chunks=arr.chunks, asarray=False, meta=np.empty((0,) * reads.ndim, reads.dtype))
 
 
 def _tiff_physical(tif: Any, series: Any, axes: str) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
@@ -165,14 +195,15 @@ def _open_zarr(p: Path, level: int) -> ImageInfo:
     except Exception as exc:
         raise InputError(f"{p} cannot be opened as zarr ({type(exc).__name__}: {exc})") from None
     if isinstance(node, zarr.Array):
-        return ImageInfo(data=da.from_zarr(node), axes=_zarr_dimension_axes(node), path=p, kind="zarr")
+        found = _zarr_dimension_axes(node)
+        return ImageInfo(data=da.from_zarr(node), axes=found, path=p, kind="zarr", axes_named=found is not None)
     attrs = dict(node.attrs)
     ome = attrs.get("ome", attrs)
     ms = ome.get("multiscales")
     if not ms:
         arrays = list(node.array_keys())
         if len(arrays) == 1:
-            return ImageInfo(data=da.from_zarr(node[arrays[0]]), axes=None, path=p, kind="zarr")
+            return ImageInfo(data=da.from_zarr(node[arrays[0]]), axes=None, path=p, kind="zarr", axes_named=False)
         raise InputError(f"{p} is a zarr group without OME-NGFF multiscales metadata; point to one of its arrays")
     m = ms[0]
     datasets = m["datasets"]
