@@ -1,4 +1,5 @@
-"""The Train widget's "Export…" button: the trained model as a BioImage Model Zoo package (``.zip``).
+"""The Train widget's "Export…" button: the trained model as a BioImage Model Zoo package (``.zip``); and
+:func:`write_and_notify`, which "Save model…" shares.
 
 Kept apart from :mod:`.train_widget` (which builds the button and enables it with "Save model…"): a file dialog,
 then :func:`n2x.api.export_bioimageio` with the training image as test input; errors and the result are
@@ -7,7 +8,7 @@ notifications.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from napari.utils.notifications import show_error, show_info
 
@@ -43,14 +44,21 @@ def export_model(widget: Any, path: str | Path, overwrite: bool = False) -> Path
         return None
     layer = widget._train_layer
     image = layer_data(layer) if layer is not None and layer in widget.viewer.layers else None
+    return write_and_notify(lambda: api.export_bioimageio(widget.model, path, test_image=image,
+                                                          test_axes=widget._train_axes or None, overwrite=overwrite),
+                            "BioImage Model Zoo package written to")
+
+
+def write_and_notify(write: Callable[[], Path], done: str) -> Path | None:
+    """Run ``write``; a notification says where the file went (``done`` + path) or, worded for the widgets, why
+    not. Returns the path written, or None."""
     try:
-        written = api.export_bioimageio(widget.model, path, test_image=image,
-                                        test_axes=widget._train_axes or None, overwrite=overwrite)
+        written = write()
     except N2xError as exc:
         show_error(f"n2x: {error_text(exc)}")
         return None
     except OSError as exc:
-        show_error(f"n2x: cannot write {path}: {exc.strerror or exc}")
+        show_error(f"n2x: {api.os_error_text(exc)}")
         return None
-    show_info(f"n2x: BioImage Model Zoo package written to {written}")
+    show_info(f"n2x: {done} {written}")
     return written

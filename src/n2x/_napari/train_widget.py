@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QHBoxLayout, QPushButton, QSizePolicy, QVBoxLayout,
                             QWidget)
 from superqt import QCollapsible
@@ -347,13 +347,4 @@ class TrainWidget(TrainRun, DockJoiner, QWidget):
         if self.model is None:
             show_error("n2x: there is no trained model to save yet")
             return None
-        try:
-            saved = api.save_model(self.model, path, overwrite=overwrite)
-        except N2xError as exc:
-            show_error(f"n2x: {error_text(exc)}")
-            return None
-        except OSError as exc:
-            show_error(f"n2x: {api.os_error_text(exc)}")
-            return None
-        show_info(f"n2x: model saved to {saved}")
-        return saved
+        return export_button.write_and_notify(lambda: api.save_model(self.model, path, overwrite=overwrite), "model saved to")
