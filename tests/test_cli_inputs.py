@@ -1,5 +1,6 @@
 """The command line and the engine with the inputs a new user brings: damaged files, constant or tiny images, files
 without axis metadata, outputs that cannot be written, and a command line that answers at once."""
+import json
 import subprocess
 import sys
 
@@ -84,6 +85,12 @@ def test_denoising_the_file_a_3d_model_was_trained_on(tmp_path):
     assert notes == ["n2x: the file does not name its axes; reading its shape (16, 48, 48) with the model's axes "
                      "ZYX"]
     assert api.open_image(out).data.shape == (16, 48, 48)
+    # The batch planner follows the same rule: a folder holding that file denoises it with the model's axes.
+    outdir = tmp_path / "batch-out"
+    proc = run("denoise", model, tmp_path / "*.tif", "-o", outdir, "--json", "--workers", "1")
+    files = json.loads(proc.stdout)["files"]
+    assert [f["status"] for f in files] == ["ok"], files
+    assert api.open_image(outdir / "small.tif").data.shape == (16, 48, 48)
     # Axes the user gives, or a file that names its own, are never replaced.
     assert api.input_axes("SYX", (16, 48, 48), "ZYX", given="TYX", axes_named=False) == ("TYX", None)
     assert api.input_axes("TYX", (16, 48, 48), "ZYX", axes_named=True) == ("TYX", None)

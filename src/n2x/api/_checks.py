@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.axes import (CONSTANT_MESSAGE, MIN_TRAIN_SIZE, Layout, check_dtype, check_finite, check_train_size,
-                         constant_value, make_layout)
+                         constant_value, input_axes, make_layout)
 
 __all__ = ["MIN_TRAIN_SIZE", "check_trainable", "check_values", "input_axes", "prepare_training", "cells_sample"]
 
@@ -37,22 +37,6 @@ def check_values(block: Any, where: str = "the image") -> str | None:
         check_finite(arr, where)
     value = constant_value([arr])
     return CONSTANT_MESSAGE.format(value=value) if value is not None else None
-
-
-def input_axes(file_axes: str | None, shape: Sequence[int], model_axes: str | None, given: str | None = None,
-               axes_named: bool = True) -> tuple[str | None, str | None]:
-    """The axes to read an input with, and a one-line note when they were not the file's own.
-
-    ``given`` (the user's) wins. A file that does not name its axes (``axes_named`` False: a plain TIFF whose extra
-    axis tifffile can only call a "sample" axis) is read with the model's training axes when they fit its number of
-    dimensions: the usual case of denoising the very file a model was trained on with ``--axes ZYX``.
-    """
-    if given:
-        return given.upper(), None
-    if not axes_named and model_axes and len(model_axes) == len(shape) and model_axes != file_axes:
-        return model_axes, (f"the file does not name its axes; reading its shape {tuple(int(n) for n in shape)} "
-                            f"with the model's axes {model_axes}")
-    return file_axes, None
 
 
 def prepare_training() -> None:

@@ -16,8 +16,11 @@ def task_spec(item: PlanItem, options: dict[str, Any]) -> dict[str, Any]:
     """What a worker needs to denoise one planned file, as plain picklable values: the plan's index, input,
     output and format, and ``options`` (``axes``, ``level``, ``tile``, ``batch_size``, ``chunks``,
     ``ngff_version``, ``device``)."""
-    return {"index": item.index, "file": item.file, "output": str(item.output), "format": item.format,
+    spec = {"index": item.index, "file": item.file, "output": str(item.output), "format": item.format,
             "overwrite": item.action == "overwrite", **options}
+    if item.axes:  # as planned: the user's, the file's, or the model's for a file that names none
+        spec["axes"] = item.axes
+    return spec
 
 
 def denoise_file(spec: dict[str, Any], model: Any,

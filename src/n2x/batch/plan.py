@@ -21,6 +21,7 @@ from math import prod
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..data.axes import input_axes
 from ..errors import InputError, N2xError, OptionError
 from ..inference.fingerprint import job_fingerprint
 from ..inference.outputs import existing_output
@@ -64,7 +65,7 @@ def output_path(outdir: str | os.PathLike, item: BatchInput, fmt: str) -> Path:
 class PlanItem:
     """One input and what will be done with it. ``action``: ``denoise``, ``resume``, ``overwrite``, ``skip`` or
     ``fail`` (then ``reason`` says why); ``nbytes``: estimated size of the float32 result in bytes;
-    ``done_chunks``: chunks an earlier run finished (``resume``)."""
+    ``done_chunks``: chunks an earlier run finished (``resume``); ``axes``: the axes the input is read with."""
 
     index: int
     input: BatchInput
@@ -76,6 +77,7 @@ class PlanItem:
     nbytes: int = 0
     fingerprint: dict | None = None
     done_chunks: int = 0
+    axes: str | None = None
 
     @property
     def file(self) -> str:
@@ -131,7 +133,9 @@ def plan_batch(model: Model, inputs: Sequence[BatchInput | str | os.PathLike], o
         try:
             with _quiet_logger("tifffile"):  # its warnings about a damaged file repeat the reason given below
                 info = open_image(inp.path, level=level)
-            info.axes = axes.upper() if axes else info.axes
+            # The same rule as a single file: an input that does not name its axes is read with the model's
+            info.axes, _ = input_axes(info.axes, info.data.shape, model.config.get("axes"), axes, info.axes_named)
+            item.axes = info.axes
             layout = model.layout_for(tuple(info.data.shape), info.axes)
         except N2xError as exc:
             item.fail(exc)

@@ -218,3 +218,19 @@ def constant_value(blocks: Sequence[np.ndarray]) -> float | None:
 
 CONSTANT_MESSAGE = ("the image is constant (every pixel is {value:g}): there is no noise to learn from, and the "
                     "model will hardly change it")
+
+
+def input_axes(file_axes: str | None, shape: Sequence[int], model_axes: str | None, given: str | None = None,
+               axes_named: bool = True) -> tuple[str | None, str | None]:
+    """The axes to read an input with, and a one-line note when they were not the file's own.
+
+    ``given`` (the user's) wins. A file that does not name its axes (``axes_named`` False: a plain TIFF whose extra
+    axis tifffile can only call a "sample" axis) is read with the model's training axes when they fit its number of
+    dimensions: the usual case of denoising the very file a model was trained on with ``--axes ZYX``.
+    """
+    if given:
+        return given.upper(), None
+    if not axes_named and model_axes and len(model_axes) == len(shape) and model_axes != file_axes:
+        return model_axes, (f"the file does not name its axes; reading its shape {tuple(int(n) for n in shape)} "
+                            f"with the model's axes {model_axes}")
+    return file_axes, None
