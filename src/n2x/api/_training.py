@@ -13,7 +13,7 @@ import torch
 
 from .._progress import drain
 from .._version import __version__
-from ..data.axes import CONSTANT_MESSAGE, Layout, check_dtype, check_train_size, constant_value, make_layout
+from ..data.axes import CONSTANT_MESSAGE, Layout, check_dtype, check_train_size, make_layout
 from ..data.patches import PatchSampler
 from ..device import autocast_dtype, precision_name, select_device
 from ..durations import parse_duration
@@ -144,28 +144,21 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
         if bad:
             raise InputError(f"patch sizes must be positive multiples of {multiple} for this network, not {patch}")
     batch_size = common.get("batch_size")
-    if batch_size is None:
+    if batch_size is None:  # its declared range has checked a given one
         batch_size = _default_batch(patch, want_patch, want_batch)
-    elif int(batch_size) < 1:
-        raise N2xError(f"batch_size must be at least 1, not {batch_size}")
     batch_size = int(batch_size)
     sources = meth.make_sources(images, layouts, target=target, pairs=pairs, along=along)
     sampler = PatchSampler(sources, patch, max_memory=max_memory, val_fraction=val_fraction,
                            normalization=normalization, seed=seed)
     # A constant image trains to an identity and says nothing; say it. A warning, not an error: the raw regions the
     # sampler read (all of a small image, a sample of a large one) are what the statement is about.
-    flat = constant_value([r[0] for r in sampler._regions])
+    flat = sampler.constant_value()
     if flat is not None:
-        warnings.warn(CONSTANT_MESSAGE.format(value=flat * sampler.norm.scale[0] + sampler.norm.offset[0]),
-                      N2xWarning, stacklevel=2)
+        warnings.warn(CONSTANT_MESSAGE.format(value=flat), N2xWarning, stacklevel=2)
     if steps is None and time is None and epochs is None:
         time = DEFAULT_SECONDS
-    if epochs is not None:
-        if epochs <= 0:
-            raise N2xError("epochs must be positive")
+    if epochs is not None:  # steps and epochs were checked positive by their declared ranges
         steps = max(1, int(round(epochs * sampler.patches_per_epoch() / batch_size)))
-    if steps is not None and int(steps) <= 0:
-        raise N2xError("steps must be positive")
     seconds = parse_duration(time) if time is not None else None
     norm = sampler.norm
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .axes import Layout, check_finite
+from .axes import Layout, check_finite, constant_value
 from .normalize import Normalization
 
 Region = tuple[slice, ...]
@@ -171,6 +171,14 @@ class PatchSampler:
             self._regions = regions
             self._weights = np.array([_n_positions(r[0].shape[1:], self.patch) for r in regions], float)
             self._weights /= self._weights.sum()
+
+    def constant_value(self) -> float | None:
+        """The one value every pixel of the training regions holds, in the input's units (first channel), or None
+        when they vary: a constant image has no noise to learn from."""
+        with self._lock:
+            first = [r[0] for r in self._regions]
+        flat = constant_value(first)
+        return None if flat is None else flat * self.norm.scale[0] + self.norm.offset[0]
 
     def _make_val_patches(self, n_max: int) -> tuple[np.ndarray, ...] | None:
         """A fixed set of validation patches, tiled over the held-out data (or drawn from training data)."""
