@@ -12,7 +12,7 @@ from napari.layers import Layer
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QHBoxLayout, QLineEdit, QPushButton, QRadioButton,
-                            QSizePolicy, QVBoxLayout, QWidget)
+                            QSizePolicy, QWidget)
 
 from n2x import api
 from n2x.errors import N2xError

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
+import warnings
 from datetime import datetime, timezone
 from functools import partial
-import warnings
 from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
@@ -20,7 +19,7 @@ from ..durations import parse_duration
 from ..errors import InputError, N2xError, N2xWarning, OptionError
 from ..methods import get_method, method_info
 from ..model import Model
-from ..options import Option, parse_options
+from ..options import parse_options
 from ..training import TrainProgress, fit, import_optimiser_support
 
 from ._options import (DEFAULT_BATCH, DEFAULT_PATCH, DEFAULT_SECONDS, LEARNING_RATE,  # noqa: F401
