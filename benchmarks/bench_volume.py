@@ -11,11 +11,19 @@ What it does, side by side in one run:
    after ``--time-limit`` seconds or ``--max-chunks`` chunks (the output is still created at full size: memory is
    what one chunk needs, whatever the volume). The parent also samples the RSS of the child's whole process tree.
 
+5. ``--workers 2``: instead of 3-4, the same volume run twice over the same ``--max-chunks`` chunks, in one
+   process (torch threads = the cores) and on a dask LocalCluster of 2 worker processes of 1 thread each
+   (:mod:`n2x.batch.volume_cluster`): MPix/s of both, the peak RSS of every worker process (psutil sampling of the
+   child's process tree) and the bytes that pass through the scheduler per chunk (the pickled task messages and
+   results, and the result sizes the scheduler holds). ``--sizes 2 8`` repeats the cluster run on each volume size
+   (only the first ``--max-planes`` planes are generated; an 8 GiB input is deleted afterwards unless ``--keep``).
+
 Examples::
 
     python benchmarks/bench_volume.py --size 2 --time-limit 180          # a few minutes, partial 2 GiB run
     python benchmarks/bench_volume.py --size 8 --time-limit 180          # same, 8 GiB volume
     python benchmarks/bench_volume.py --size 8                            # the full 8 GiB run (hours on 2 cores)
+    python benchmarks/bench_volume.py --workers 2 --sizes 2 8 --max-chunks 12 --max-planes 32
 
 Throughput and memory are reported; run one benchmark at a time (the machines are shared).
 """
@@ -25,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -67,7 +76,7 @@ def make_volume(path: Path, shape: tuple[int, int, int], planes: int | None = No
     arr.attrs["generated_planes"] = todo
 
 
-def train_model(volume: Path, path: Path, steps: int) -> None:
+def train_model(volume: Path, path: Path, steps: int, dims: int = 2) -> None:
     import torch
     import zarr
 
@@ -75,8 +84,13 @@ def train_model(volume: Path, path: Path, steps: int) -> None:
 
     # Always a fresh model: one left by an earlier run may have another network than today's default.
     torch.set_num_threads(2)
-    plane = zarr.open_array(str(volume), mode="r")[0, :512, :512]
-    model = n2x.train(plane, "YX", "n2v", steps=steps, patch_size=64, batch_size=16, seed=0, device="cpu")
+    if dims == 3:
+        block = zarr.open_array(str(volume), mode="r")[:32, :256, :256]
+        model = n2x.train(block, "ZYX", "n2v", steps=steps, patch_size=(16, 64, 64), batch_size=4, seed=0,
+                          device="cpu")
+    else:
+        plane = zarr.open_array(str(volume), mode="r")[0, :512, :512]
+        model = n2x.train(plane, "YX", "n2v", steps=steps, patch_size=64, batch_size=16, seed=0, device="cpu")
     model.save(path)
 
 
@@ -133,6 +147,64 @@ def child_volume(args: argparse.Namespace) -> None:
         "mpix_s": done * chunk_px / 1e6 / max(dt, 1e-9), "output_shape": list(out.shape)}))
 
 
+def child_cluster(args: argparse.Namespace) -> None:
+    """The volume on a LocalCluster of ``args.n_workers`` processes of 1 thread each, or in this process with all
+    cores (``args.n_workers`` 0), stopped after ``max_chunks`` chunks; throughput and scheduler traffic."""
+    import logging
+    import pickle
+
+    import torch
+
+    import n2x
+
+    model = n2x.load_model(args.model, device="cpu")
+    client = cluster = None
+    task_bytes: list[int] = []
+    if args.n_workers:
+        from distributed import Client, Future, LocalCluster
+
+        cluster = LocalCluster(n_workers=args.n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster)
+        submit = client.submit
+
+        def measured_submit(fn, *a, **kw):  # what the client sends the scheduler for each task
+            task_bytes.append(len(pickle.dumps((fn.__module__, fn.__name__,
+                                                [x.key if isinstance(x, Future) else x for x in a]))))
+            return submit(fn, *a, **kw)
+
+        client.submit = measured_submit
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+    stop = [False]
+    t0 = time.perf_counter()
+    first = last = None
+    t_first = t_last = None
+    for pr in n2x.iter_denoise_volume(model, str(args.input), args.output, "ZYX", overwrite=True, client=client,
+                                      should_stop=lambda: stop[0]):
+        if first is None:
+            first, t_first = pr, time.perf_counter()
+        last, t_last = pr, time.perf_counter()
+        if pr.done - pr.skipped >= args.max_chunks:
+            stop[0] = True
+    import zarr
+
+    out = zarr.open_array(str(Path(args.output) / "0"), mode="r")
+    chunk_px = int(np.prod(out.chunks))
+    done = last.done - last.skipped
+    result_bytes = len(pickle.dumps([(0,) * len(out.shape)]))  # a task's result: the recorded chunk indices
+    blob = len(Path(args.model).read_bytes())
+    print("RESULT " + json.dumps({
+        "workers": args.n_workers, "chunks_done": done, "chunks_total": last.total, "chunk_shape": list(out.chunks),
+        "seconds": t_last - t_first, "setup_seconds": t_first - t0,
+        "mpix_s": done * chunk_px / 1e6 / max(t_last - t_first, 1e-9),
+        "task_bytes_mean": float(np.mean(task_bytes)) if task_bytes else 0, "tasks": len(task_bytes),
+        "result_bytes": result_bytes, "model_bytes_once_per_worker": blob if args.n_workers else 0}))
+    if client is not None:
+        client.close()
+        cluster.close()
+
+
 def run_measured(cmd: list[str]) -> dict:
     """Run ``cmd`` under ``/usr/bin/time -v`` while sampling the RSS of its process tree; its RESULT plus memory."""
     import psutil
@@ -140,6 +212,7 @@ def run_measured(cmd: list[str]) -> dict:
     full = ["/usr/bin/time", "-v"] + cmd if os.path.exists("/usr/bin/time") else cmd
     proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = {"tree": 0}
+    per_process: dict[int, list] = {}  # pid -> [peak RSS, is a worker process]
     stop = threading.Event()
 
     def sample() -> None:
@@ -150,7 +223,15 @@ def run_measured(cmd: list[str]) -> dict:
         while not stop.is_set():
             try:
                 procs = [root] + root.children(recursive=True)
-                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+                rss = 0
+                for p in procs:
+                    if not p.is_running():
+                        continue
+                    r = p.memory_info().rss
+                    rss += r
+                    if p.pid not in per_process:
+                        per_process[p.pid] = [0, "spawn_main" in " ".join(p.cmdline())]
+                    per_process[p.pid][0] = max(per_process[p.pid][0], r)
                 peak["tree"] = max(peak["tree"], rss)
             except psutil.Error:
                 pass
@@ -167,7 +248,42 @@ def run_measured(cmd: list[str]) -> dict:
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
     result["peak_rss_gib_time_v"] = int(m.group(1)) / 2**20 if m else None
     result["peak_rss_gib_tree_sampled"] = peak["tree"] / 2**30
+    workers = [v[0] for v in per_process.values() if v[1]]
+    result["peak_rss_gib_per_worker"] = [w / 2**30 for w in sorted(workers)]
+    result["peak_rss_gib_main_sampled"] = max([v[0] for v in per_process.values() if not v[1]] or [0]) / 2**30
     return result
+
+
+def compare_workers(args: argparse.Namespace, me_base: list[str]) -> None:
+    """Single process vs a LocalCluster of ``args.workers`` x 1 thread, then the cluster on each ``--sizes``."""
+    rows = []
+    for size in args.sizes:
+        shape = SIZES[size]
+        volume = args.workdir / f"volume_{size}gib.zarr"
+        output = args.workdir / f"volume_{size}gib_cluster.ome.zarr"
+        make_volume(volume, shape, args.max_planes or None)
+        me = me_base + ["--input", str(volume), "--output", str(output), "--max-chunks", str(args.max_chunks)]
+        modes = (0, args.workers) if size == args.sizes[0] else (args.workers,)
+        for n in modes:
+            res = run_measured(me + ["--child", "cluster", "--n-workers", str(n)])
+            rows.append((size, res))
+            print(json.dumps({"size_gib": size, **res}), file=sys.stderr, flush=True)
+        if size != args.sizes[0] and not args.keep:
+            shutil.rmtree(volume, ignore_errors=True)
+        shutil.rmtree(output, ignore_errors=True)
+    print(f"\n{args.dims}D N2V (default U-Net), {args.max_chunks} chunks per run, CPU cores {os.cpu_count()}")
+    print(f"{'volume':>7} {'run':<26} {'chunks':>7} {'MPix/s':>7} {'peak RSS/worker GiB':>20} "
+          f"{'main GiB':>9} {'B/task':>7} {'B/result':>8}")
+    for size, r in rows:
+        run = "1 process, all cores" if not r["workers"] else f"{r['workers']} workers x 1 thread"
+        per = ", ".join(f"{g:.2f}" for g in r["peak_rss_gib_per_worker"]) or "-"
+        print(f"{size:>5} G {run:<26} {r['chunks_done']:>7} {r['mpix_s']:7.3f} {per:>20} "
+              f"{r['peak_rss_gib_main_sampled']:9.2f} {r['task_bytes_mean']:7.0f} {r['result_bytes']:8d}")
+    base = next(r for s, r in rows if not r["workers"])
+    clus = next(r for s, r in rows if r["workers"])
+    print(f"cluster overhead vs 1 process: {100 * (1 - clus['mpix_s'] / base['mpix_s']):.1f} % "
+          f"(model {clus['model_bytes_once_per_worker']} B scattered once per worker)")
+    print(json.dumps({"rows": [{"size_gib": s, **r} for s, r in rows]}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,7 +296,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="generate only the first planes of the input (the rest reads as 0); for partial runs")
     p.add_argument("--train-steps", type=int, default=30)
     p.add_argument("--ref-planes", type=int, default=2, help="planes predicted in memory for the reference")
-    p.add_argument("--child", choices=("reference", "volume"), help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=0, help="compare 1 process with a LocalCluster of this many "
+                   "workers x 1 thread over --max-chunks chunks (see the module doc)")
+    p.add_argument("--sizes", type=int, nargs="+", choices=sorted(SIZES), default=[2],
+                   help="with --workers: the volume sizes (GiB) to run the cluster on")
+    p.add_argument("--keep", action="store_true", help="with --workers: keep the 8 GiB input")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2,
+                   help="with --workers: a 2D (default) or 3D N2V model (default U-Net)")
+    p.add_argument("--n-workers", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("reference", "volume", "cluster"), help=argparse.SUPPRESS)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--output", type=Path, help=argparse.SUPPRESS)
@@ -189,15 +313,19 @@ def main(argv: list[str] | None = None) -> None:
         return child_reference(args)
     if args.child == "volume":
         return child_volume(args)
+    if args.child == "cluster":
+        return child_cluster(args)
 
     shape = SIZES[args.size]
     args.workdir.mkdir(parents=True, exist_ok=True)
     volume = args.workdir / f"volume_{args.size}gib.zarr"
-    model = args.workdir / "n2v_2d.n2x"
+    model = args.workdir / f"n2v_{args.dims}d.n2x"
     output = args.workdir / f"volume_{args.size}gib_denoised.ome.zarr"
     print(f"input {volume} {shape} uint16 ({np.prod(shape) * 2 / 2**30:.1f} GiB)", file=sys.stderr)
     make_volume(volume, shape, args.max_planes or None)
-    train_model(volume, model, args.train_steps)
+    train_model(volume, model, args.train_steps, args.dims)
+    if args.workers:
+        return compare_workers(args, [sys.executable, os.path.abspath(__file__), "--model", str(model)])
     me = [sys.executable, os.path.abspath(__file__), "--model", str(model), "--input", str(volume),
           "--output", str(output)]
     ref = run_measured(me + ["--child", "reference", "--ref-planes", str(args.ref_planes)])

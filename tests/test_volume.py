@@ -325,3 +325,26 @@ def test_cli_denoise_to_ome_zarr_and_resume(tmp_path, model2d, real2d_path):
     proc = run_cli("denoise", other_file, src, "-o", dest, check=False)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads(json.dumps(attrs(dest)["n2x"]))["status"] == "complete"
+
+
+def test_memory_budget_bounds_tiles_and_chunks_of_a_3d_model():
+    """The default 3D network (32 features) on the 2 GiB benchmark volume: tiles and chunks follow the budget of one
+    CPU worker (default 1.5 GiB), and a smaller --max-memory gives smaller ones."""
+    from math import prod
+
+    from n2x.inference.memory_budget import CPU_WORKER_MEMORY, memory_budget_for
+    from n2x.inference.volume_plan import _tile_bytes, plan_volume
+
+    vol = rng_image((16, 40, 48))
+    model = n2x.train(vol, "ZYX", "n2v", patch_size=(8, 32, 32), **{**TINY, "steps": 1, "network": {}})
+    layout = model.layout_for((256, 2048, 2048), "ZYX")
+    split = memory_budget_for(model.device)
+    assert split.total == CPU_WORKER_MEMORY
+    plan = plan_volume(model, layout)
+    feats = model.config["network"].get("features", 32)
+    assert _tile_bytes(plan.tile, plan.halo, 1, feats) <= split.activations
+    assert prod(c + 2 * plan.halo for c in plan.chunk) * 4 <= split.chunk_bytes
+    small = plan_volume(model, layout, max_memory=0.8 * 2**30)
+    assert prod(small.tile) < prod(plan.tile)
+    with pytest.raises(n2x.errors.OptionError, match="not a size"):
+        n2x.denoise_volume(model, vol, "x.ome.zarr", "ZYX", max_memory="lots")

@@ -42,13 +42,14 @@ class DenoiseJob:
     ``output``: ``"auto"``, ``"tiff"`` (in memory) or ``"zarr"`` (chunk by chunk), as the CLI's ``--format``.
     Calls ``on_progress(done, total, unit)`` and finally ``on_finished(layers)`` (the layers added; empty when
     cancelled or failed) in the GUI thread. Errors are shown as napari notifications and also passed to
-    ``on_error(message)``.
+    ``on_error(message)``. ``scheduler``: a dask scheduler address to run the chunks of file inputs on (their
+    progress and the filling layer come back as the cluster's tasks finish); layers always run here.
     """
 
     def __init__(self, viewer: Any, model: Any, *, layer: Image | None = None, path: str | Path | None = None,
                  axes: str | None = None, tile: int | tuple[int, ...] | None = None, halo: int | None = None,
                  device: str | None = None, output: str = "auto", save_to: str | Path | None = None,
-                 overwrite: bool = False, model_entry: Any = None,
+                 overwrite: bool = False, model_entry: Any = None, scheduler: str | None = None,
                  on_progress: Callable[[int, int, str], None] | None = None,
                  on_finished: Callable[[list[Layer]], None] | None = None,
                  on_error: Callable[[str], None] | None = None):
@@ -58,7 +59,7 @@ class DenoiseJob:
         self.path = Path(path) if path is not None else None
         self.axes, self.tile, self.halo, self.device, self.output = axes, tile, halo, device, output
         self.save_to = Path(save_to) if save_to else None
-        self.overwrite = overwrite
+        self.overwrite, self.scheduler = overwrite, scheduler
         self.model_entry = model_entry  # the listed model (its short tag names the result layers), or None
         self.on_progress, self.on_finished, self.on_error = on_progress, on_finished, on_error
         self.stop = threading.Event()
@@ -171,6 +172,8 @@ class DenoiseJob:
             extra: dict[str, Any] = dict(item.get("geometry") or {})
             if self.halo is not None:
                 extra["halo"] = self.halo
+            if self.scheduler and item["layer"] is None:
+                extra["scheduler"] = self.scheduler
             gen = api.iter_denoise_volume(self.model, item["source"], item["dest"], item["axes"], tile=self.tile,
                                           overwrite=self.overwrite, device=self.device,
                                           should_stop=self.stop.is_set, **extra)
@@ -214,7 +217,7 @@ class DenoiseJob:
                   "output": str(item["dest"]) if item.get("dest") is not None else "",
                   "status": "complete" if item["memory"] else "running"}
         kwargs["metadata"] = {**kwargs["metadata"], ROLE_KEY: role, "n2x_result": result}
-        layer = Image(data, **kwargs)
+        layer = Image(data, multiscale=isinstance(data, list), **kwargs)
         self.viewer.layers.append(layer)
         self.viewer.layers.selection.active = layer
         self.layers.append(layer)
@@ -230,16 +233,19 @@ class DenoiseJob:
             layer.name = f"{layer.name}{PARTIAL_MARK.format(done=view.done, total=view.total)}"
 
     def _open_result(self, dest: Path, axes: str) -> Any:
-        """The result as a lazy array in the input's axis order (the OME-Zarr stores NGFF order: T, C, Z, Y, X);
-        chunks not written yet are NaN, which napari draws as transparent (see :func:`n2x.api.open_result`)."""
+        """The result as a lazy array in the input's axis order (the OME-Zarr stores NGFF order: T, C, Z, Y, X), or
+        the list of its resolution levels (a multiscale layer, filling in at every level); chunks not written yet are
+        NaN, which napari draws as transparent (see :func:`n2x.api.open_result`)."""
         if dest.suffix != ".zarr" and not (dest / "0").exists():
             return api.open_image(dest).data  # a TIFF: written whole or not at all
         view = api.open_result(dest)
         self._views[str(dest)] = view
-        data, stored = view.data, view.axes
+        n_levels = len(api.open_image(dest).extra.get("multiscales", {}).get("datasets", [])) or 1
+        levels = [view.data] + [api.open_result(dest, level=k).data for k in range(1, n_levels)]
+        stored = view.axes
         if stored and stored != axes and sorted(stored) == sorted(axes):
-            data = data.transpose([stored.index(a) for a in axes])
-        return data
+            levels = [d.transpose([stored.index(a) for a in axes]) for d in levels]
+        return levels if n_levels > 1 else levels[0]
 
     def _on_volume_event(self, event: tuple) -> None:
         kind, k = event[0], event[1]

@@ -139,14 +139,13 @@ def read_ome_zarr(path: str) -> list:
         kwargs["channel_axis"] = axes.index("C")
     if "T" in shown:
         kwargs["axis_labels"] = list(shown)
-    if n_levels == 1:
-        from n2x.api import open_result
+    from n2x.api import open_result
 
-        try:
-            view = open_result(path)
-        except Exception:  # noqa: BLE001 - not laid out as n2x writes: shown as read above
-            view = None
-        if view is not None and view.partial:  # a cancelled n2x run: unwritten chunks absent, and said so
-            levels[0] = view.data
-            kwargs["name"] += f" (partial {view.done}/{view.total} chunks)"
+    try:
+        views = [open_result(path, level=k) for k in range(n_levels)]
+    except Exception:  # noqa: BLE001 - not laid out as n2x writes: shown as read above
+        views = []
+    if views and views[0].partial:  # a cancelled n2x run: unwritten chunks absent (every level), and said so
+        levels = [v.data for v in views]
+        kwargs["name"] += f" (partial {views[0].done}/{views[0].total} chunks)"
     return [(levels if n_levels > 1 else levels[0], kwargs, "image")]

@@ -10,6 +10,9 @@ import torch
 
 from .._progress import drain
 from ..batch import BatchEvent, BatchSummary, run_batch
+from ..batch.volume_cluster import check_cluster_source, cluster_executor, connect_for_volume
+from ..errors import OptionError
+from ..inference.memory_budget import parse_memory
 from ..inference.volume import VolumeProgress
 from ..inference.volume import iter_denoise_volume as _iter_denoise_volume
 from ..model import Model
@@ -34,15 +37,47 @@ def denoise(model: Model | str | os.PathLike, array: Any, axes: str | None = Non
 
 def iter_denoise_volume(model: Model | str | os.PathLike, source: Any, destination: str | os.PathLike,
                         axes: str | None = None, *, device: str | torch.device | None = None,
+                        scheduler: str | None = None, workers: int | None = None, client: Any = None,
+                        max_memory: float | str | None = None,
                         **kwargs: Any) -> Generator[VolumeProgress, None, Path]:
     """Denoise ``source`` (an array, or an image file or zarr path, opened lazily) into ``destination`` (OME-Zarr
     chunk by chunk, resumable; or TIFF) and yield :class:`VolumeProgress`; the generator returns the output path.
 
-    ``model``: a :class:`Model` or a model file. The other keywords are those of
+    ``model``: a :class:`Model` or a model file. Where the chunks run: in this process (default, and
+    ``workers=1``), on a new local dask cluster of ``workers`` processes, on the dask scheduler at ``scheduler``
+    (e.g. ``"tcp://head:8786"``), or through an existing ``distributed.Client`` ``client``; on a cluster the input
+    must be a file path the workers can read, and the output a path they can write (see
+    :mod:`n2x.batch.volume_cluster`). ``max_memory``: bytes per process or worker (``"1.5G"`` style accepted;
+    default 1.5 GiB on a CPU, the device's free memory on a GPU). The other keywords are those of
     :func:`n2x.inference.volume.iter_denoise_volume` (``tile``, ``chunks``, ``halo``, ``batch_size``, ``level``,
-    ``overwrite``, ``ngff_version``, ``scale``, ``translation``, ``units``, ``should_stop``).
+    ``overwrite``, ``ngff_version``, ``scale``, ``translation``, ``units``, ``should_stop``, ``pyramid_levels``).
     """
-    return _iter_denoise_volume(as_model(model, device), source, destination, axes, **kwargs)
+    try:
+        memory = parse_memory(max_memory)
+    except ValueError:
+        raise OptionError(f"max_memory {max_memory!r} is not a size", hint="give {max_memory} as e.g. 1.5G or 800M") \
+            from None
+    net = as_model(model, device)
+    if client is None and not scheduler and (workers is None or workers == 1):
+        return _iter_denoise_volume(net, source, destination, axes, max_memory=memory, **kwargs)
+    check_cluster_source(source)  # before a cluster starts or an output is created
+    cl, close, threads = connect_for_volume(scheduler, workers, client)
+    try:
+        executor = cluster_executor(cl, net, device=str(device or "auto"), torch_threads=threads)
+        gen = _iter_denoise_volume(net, source, destination, axes, max_memory=memory, executor=executor, **kwargs)
+    except BaseException:
+        close()
+        raise
+    return _closing(gen, close)
+
+
+def _closing(gen: Generator[VolumeProgress, None, Path],
+             close: Callable[[], None]) -> Generator[VolumeProgress, None, Path]:
+    """``gen``, then ``close()`` however it ends (the cluster this call started is shut down)."""
+    try:
+        return (yield from gen)
+    finally:
+        close()
 
 
 def denoise_volume(model: Model | str | os.PathLike, source: Any, destination: str | os.PathLike,

@@ -40,21 +40,22 @@ class ResultView:
         return self.status == "running" and self.done < self.total
 
 
-def open_result(path: str | os.PathLike) -> ResultView:
-    """Open the OME-Zarr result at ``path`` (see the module's docstring); InputError when it cannot be read."""
+def open_result(path: str | os.PathLike, level: int = 0) -> ResultView:
+    """Open resolution ``level`` of the OME-Zarr result at ``path`` (see the module's docstring); InputError when
+    it cannot be read."""
     import dask.array as da
     import zarr
 
     path = Path(path)
     info = open_image(path)
-    arr = zarr.open_array(str(path / ARRAY_PATH), mode="r")
+    arr = zarr.open_array(str(path / (str(level) if level else ARRAY_PATH)), mode="r")
     # A new dask name each time: napari's dask cache would otherwise keep showing chunks read while they were empty.
     data = da.from_zarr(arr, name=f"n2x-{uuid.uuid4().hex}")
     total = prod(len(c) for c in data.chunks)
     status = str((n2x_attrs(read_group_attrs(path)) or {}).get("status", ""))
     if status != "running":
         return ResultView(data, info.axes, status, total, total)
-    done = ChunkLog(path).done()
+    done = ChunkLog(path, level).done()
 
     def absent_as_nan(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         where = (block_info or {}).get(0, {}).get("chunk-location")

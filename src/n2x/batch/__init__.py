@@ -35,9 +35,10 @@ from typing import Callable, Sequence
 
 from ..device import usable_cpu_count
 from ..errors import N2xError, OptionError
+from ..inference.memory_budget import parse_memory
 from ..io.paths import is_tiff_name
 from ..model import Model
-from .distributed import connect, default_workers, run_distributed
+from .distributed import check_workers, connect, default_workers, run_distributed
 from .inputs import BatchInput, expand_inputs, input_paths, is_batch_job, no_images_error, output_stem
 from .journal import SUMMARY_NAME, Journal
 from .local import run_here
@@ -56,12 +57,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _check_workers(scheduler: str | None, workers: int | None) -> None:
-    if workers is not None and workers < 1:
-        raise OptionError(f"{workers} workers were asked for", hint="set {workers} to 1 or more")
-    if scheduler and workers is not None:
-        raise OptionError("the number of workers applies to a local cluster only; an existing cluster has its own",
-                          hint="leave {workers} unset when you give {scheduler}")
+def _memory_option(max_memory: float | str | None) -> float | None:
+    try:
+        return parse_memory(max_memory)
+    except ValueError:
+        raise OptionError(f"max_memory {max_memory!r} is not a size", hint="give {max_memory} as e.g. 1.5G or 800M") \
+            from None
 
 
 def _worker_layout(scheduler: str | None, workers: int | None, n_todo: int) -> tuple[int, int | None]:
@@ -93,15 +94,16 @@ def run_batch(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
               scheduler: str | None = None, workers: int | None = None, axes: str | None = None,
               level: int = 0, tile: Sequence[int] | int | None = None, batch_size: int | None = None,
               chunks: Sequence[int] | int | None = None, ngff_version: str = "0.4", device: str = "auto",
-              zarr_threshold: int = ZARR_THRESHOLD,
-              on_event: Callable[[BatchEvent], None] | None = None) -> BatchSummary:
+              zarr_threshold: int = ZARR_THRESHOLD, max_memory: float | str | None = None,
+              pyramid_levels: int | None = None, on_event: Callable[[BatchEvent], None] | None = None) -> BatchSummary:
     """Denoise every image that ``inputs`` name into ``outdir`` with the model file ``model``; see the module doc.
 
     ``fmt``: ``auto`` (OME-Zarr for results above ``zarr_threshold`` bytes, TIFF otherwise), ``tiff`` or ``zarr``.
     ``scheduler``: address of an existing dask scheduler (e.g. ``tcp://head:8786``); without it a local cluster of
     ``workers`` processes (default sized to the machine: :func:`default_workers`), and one worker runs in this
     process without a cluster. ``tile``, ``batch_size``, ``chunks``, ``level``, ``ngff_version``, ``axes`` and
-    ``device`` are passed to :func:`n2x.inference.volume.iter_denoise_volume` for every file. ``on_event`` receives
+    ``device``, ``max_memory`` (bytes per worker, or ``"1.5G"``) and ``pyramid_levels`` are passed to
+    :func:`n2x.inference.volume.iter_denoise_volume` for every file. ``on_event`` receives
     :class:`BatchEvent` progress. Returns the :class:`BatchSummary`; problems of single files are in it, problems of
     the whole job raise :class:`~n2x.errors.N2xError` before anything is written. ``KeyboardInterrupt`` ends the run
     after recording what finished (OME-Zarr outputs in progress keep their written chunks for a rerun).
@@ -111,7 +113,7 @@ def run_batch(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
     emit = on_event or (lambda ev: None)
     model_path = Path(model)
     output_format(0, fmt)  # an unknown format fails before anything is read
-    _check_workers(scheduler, workers)
+    check_workers(scheduler, workers)
     outdir = Path(outdir)
     if is_tiff_name(outdir) and not outdir.is_dir():
         raise N2xError(f"{outdir} names a file but several images are to be denoised", hint="give an output folder")
@@ -135,7 +137,8 @@ def run_batch(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out
 
     journal = Journal(summary, plan)
     options = {"axes": axes, "level": level, "tile": tile, "batch_size": batch_size, "chunks": chunks,
-               "ngff_version": ngff_version, "device": device}
+               "ngff_version": ngff_version, "device": device, "pyramid_levels": pyramid_levels,
+               "max_memory": _memory_option(max_memory)}
     client = cluster = None
     if todo and (scheduler or n_workers > 1):
         # Connect (or start the local cluster) before anything is written: a wrong address is a job error.

@@ -22,7 +22,7 @@ import torch
 
 from .._files import write_bytes_atomic
 from ..device import usable_cpu_count
-from ..errors import N2xError
+from ..errors import N2xError, OptionError
 from ..io.model_file import file_sha256
 from ..model import Model
 from .journal import Journal
@@ -61,14 +61,24 @@ def default_workers(n_files: int) -> tuple[int, int]:
     return n, max(1, cores // n)
 
 
+def check_workers(scheduler: str | None, workers: int | None) -> None:
+    """:class:`OptionError` for a worker count below 1, or one given together with an existing scheduler."""
+    if workers is not None and workers < 1:
+        raise OptionError(f"{workers} workers were asked for", hint="set {workers} to 1 or more")
+    if scheduler and workers is not None:
+        raise OptionError("the number of workers applies to a local cluster only; an existing cluster has its own",
+                          hint="leave {workers} unset when you give {scheduler}")
+
+
 def connect(scheduler: str | None, n_workers: int) -> tuple[Any, Any]:
     """``(client, cluster)``: a dask client of the cluster at ``scheduler`` (cluster None), or of a new local
-    cluster of ``n_workers`` processes (closed by the caller)."""
+    cluster of ``n_workers`` processes (closed by the caller). The client is not made dask's default: this
+    process's own lazy reads (a viewer's, the planner's) stay on local threads."""
     from distributed import Client, LocalCluster
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="20s"), None
+            return Client(scheduler, timeout="20s", set_as_default=False), None
         except (OSError, TimeoutError) as exc:
             raise N2xError(f"cannot connect to the dask scheduler at {scheduler} ({exc})",
                            hint="check {scheduler} and that the scheduler is running") from None
@@ -76,7 +86,7 @@ def connect(scheduler: str | None, n_workers: int) -> tuple[Any, Any]:
         # One task thread per worker: torch's own threads use the cores; the dashboard is off (no port clash).
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=logging.ERROR)
-        return Client(cluster), cluster
+        return Client(cluster, set_as_default=False), cluster
     except Exception as exc:
         raise N2xError(f"cannot start a local dask cluster ({type(exc).__name__}: {exc})",
                        hint="set {workers} to 1 to run in this process") from None
@@ -85,6 +95,14 @@ def connect(scheduler: str | None, n_workers: int) -> tuple[Any, Any]:
 def model_blob(path: Path) -> dict[str, Any]:
     """The model as it is shipped to workers: its bytes, SHA-256 and the client's path to it."""
     return {"path": str(path.resolve()), "sha256": file_sha256(path), "data": path.read_bytes()}
+
+
+def ship_model(client: Any, path: Path) -> Any:
+    """The model file at ``path`` sent once to every worker of ``client``: a future of its :func:`model_blob`.
+
+    The blob goes as one item with a fresh key: a dict scattered as such would become one future per entry, keyed
+    by the entry's name ("data", ...), and a later job's scatter would silently get the first job's model."""
+    return client.scatter([model_blob(path)], broadcast=True, hash=False)[0]
 
 
 def worker_model(blob: dict[str, Any], device: str) -> Model:
@@ -125,9 +143,12 @@ def worker_device(device: str, worker_name: Any) -> str:
     return device
 
 
-def denoise_task(spec: dict[str, Any], blob: dict[str, Any], topic: str | None,
-                 torch_threads: int | None) -> dict[str, Any]:
-    """One file on a dask worker: set torch's threads, get the model, denoise, send progress as worker events."""
+def prepare_worker(torch_threads: int | None) -> Any:
+    """Set up this dask worker process for n2x tasks (idempotent); returns the worker.
+
+    ``torch_threads``: torch threads per task (None: the cores this process may use, shared by the worker's task
+    threads, for a cluster we did not start).
+    """
     import dask
     from distributed import get_worker
 
@@ -143,6 +164,13 @@ def denoise_task(spec: dict[str, Any], blob: dict[str, Any], topic: str | None,
         torch_threads = max(1, usable_cpu_count() // max(1, int(getattr(worker.state, "nthreads", 1) or 1)))
     if torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
+    return worker
+
+
+def denoise_task(spec: dict[str, Any], blob: dict[str, Any], topic: str | None,
+                 torch_threads: int | None) -> dict[str, Any]:
+    """One file on a dask worker: set torch's threads, get the model, denoise, send progress as worker events."""
+    worker = prepare_worker(torch_threads)
     index = spec["index"]
     last = [0.0]
 
@@ -176,13 +204,13 @@ def run_distributed(client: Any, todo: Sequence[PlanItem], model_path: Path, opt
     futures: dict[Any, PlanItem] = {}
     try:
         client.subscribe_topic(topic, lambda ev: events.put(ev[1]))
-        blob = client.scatter(model_blob(model_path), broadcast=True)
+        blob = ship_model(client, model_path)
         for item in todo:
             fut = client.submit(denoise_task, task_spec(item, options), blob, topic, torch_threads,
                                 key=f"n2x-denoise-{item.index}-{topic}", pure=False, retries=0)
             futures[fut] = item
         by_index = {i.index: i for i in todo}
-        ac = as_completed(list(futures))
+        ac = as_completed(list(futures), loop=client.loop)
 
         def drain() -> None:
             while True:

@@ -15,7 +15,7 @@ from .results import FileResult
 def task_spec(item: PlanItem, options: dict[str, Any]) -> dict[str, Any]:
     """What a worker needs to denoise one planned file, as plain picklable values: the plan's index, input,
     output and format, and ``options`` (``axes``, ``level``, ``tile``, ``batch_size``, ``chunks``,
-    ``ngff_version``, ``device``)."""
+    ``ngff_version``, ``device``, ``pyramid_levels``, ``max_memory``)."""
     spec = {"index": item.index, "file": item.file, "output": str(item.output), "format": item.format,
             "overwrite": item.action == "overwrite", **options}
     if item.axes:  # as planned: the user's, the file's, or the model's for a file that names none
@@ -38,7 +38,8 @@ def denoise_file(spec: dict[str, Any], model: Any,
         gen = iter_denoise_volume(model, spec["file"], spec["output"], spec.get("axes"), tile=spec.get("tile"),
                                   batch_size=spec.get("batch_size"), level=spec.get("level", 0),
                                   overwrite=spec["overwrite"], chunks=spec.get("chunks"),
-                                  ngff_version=spec.get("ngff_version", "0.4"))
+                                  ngff_version=spec.get("ngff_version", "0.4"),
+                                  pyramid_levels=spec.get("pyramid_levels"), max_memory=spec.get("max_memory"))
         last = None
         for pr in gen:
             last = pr

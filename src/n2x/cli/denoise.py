@@ -30,10 +30,15 @@ def _fill_denoise(p: argparse.ArgumentParser) -> None:
     batch.add_argument("--format", choices=("auto", "tiff", "zarr"), default="auto",
                        help="output format per file: auto (OME-Zarr above 256 MiB of float32 result, else TIFF)")
     batch.add_argument("--dry-run", action="store_true", help="list what would be done, write nothing")
-    batch.add_argument("--scheduler", metavar="ADDRESS",
-                       help="address of an existing dask scheduler (e.g. tcp://head:8786) to run the files on")
-    batch.add_argument("--workers", type=int, help="local worker processes (default: sized to the machine, one per "
-                       "GPU; 1 runs in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="address of an existing dask scheduler (e.g. tcp://head:8786) to run on: the chunks of one "
+                   "volume, or the files of a batch")
+    p.add_argument("--workers", type=int, help="local dask worker processes (one volume: default 1, in this process; "
+                   "batch: default sized to the machine, one per GPU; 1 runs in this process)")
+    p.add_argument("--max-memory", metavar="SIZE", help="memory per process or worker, e.g. 1.5G (default 1.5G on a "
+                   "CPU, the free device memory on a GPU): tile and chunk sizes follow it")
+    p.add_argument("--pyramid", dest="pyramid_levels", type=int, metavar="LEVELS",
+                   help="resolution levels of an OME-Zarr output (default: 2x down to about 256 px; 1: none)")
     batch.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
     p.add_argument("--tile", type=int, nargs="+", help="core tile size (one value or one per spatial axis; "
@@ -70,7 +75,9 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         print(f"n2x: {note}", file=sys.stderr)
     gen = api.iter_denoise_volume(model, info, out, info.axes, tile=_one_or_all(args.tile),
                                   batch_size=args.batch_size, level=args.level, overwrite=args.overwrite,
-                                  chunks=_one_or_all(args.chunks), ngff_version=args.ngff_version)
+                                  chunks=_one_or_all(args.chunks), ngff_version=args.ngff_version,
+                                  scheduler=args.scheduler, workers=args.workers, max_memory=args.max_memory,
+                                  pyramid_levels=args.pyramid_levels, device=args.device)
     bar = progress_bar(0, "denoise", args.quiet, unit=" chunks")
     t0 = time.perf_counter()
     pr = None
@@ -114,7 +121,8 @@ def cmd_denoise_batch(args: argparse.Namespace) -> int:
                                     scheduler=args.scheduler, workers=args.workers, axes=args.axes, level=args.level,
                                     tile=_one_or_all(args.tile), batch_size=args.batch_size,
                                     chunks=_one_or_all(args.chunks), ngff_version=args.ngff_version,
-                                    device=args.device, on_event=bars)
+                                    device=args.device, max_memory=args.max_memory,
+                                    pyramid_levels=args.pyramid_levels, on_event=bars)
     except KeyboardInterrupt:
         bars.close()
         print(f"n2x: interrupted; finished files are recorded in {Path(args.output) / 'n2x-summary.json'}; "

@@ -10,7 +10,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import ceil, prod
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, Sequence
@@ -21,6 +21,7 @@ from ..data.axes import Layout, check_finite
 from ..device import is_out_of_memory
 from ..errors import N2xError
 from ..io import ome_zarr
+from ..io.pyramid import PyramidGrid, PyramidTracker
 from .tiling import Stopped, pad_to_window, predict_region, region_window, round_up
 
 log = logging.getLogger("n2x")
@@ -67,6 +68,9 @@ class ChunkJob:
     or numpy array written into, with axes ``out_axes``; ``chunk``: spatial chunk shape of the output; ``core``:
     core tile; ``halo``: context pixels per side; ``batch``: tiles per network call; ``run``: samples read together
     along the last sample axis. ``chunk_log``: the record of finished chunks (None for a TIFF, written at the end).
+    ``pyramid``: the pyramid levels' grid and records (None: one level, or a TIFF); ``levels``: the arrays of all
+    levels (level 0 is ``target``). ``source``: ``path`` (None for an array) and ``level`` of the input file,
+    from which a cluster worker opens the input itself.
     """
 
     model: Any
@@ -82,6 +86,9 @@ class ChunkJob:
     run: int = 1
     chunk_log: ome_zarr.ChunkLog | None = None
     should_stop: Callable[[], bool] | None = None
+    pyramid: PyramidTracker | None = None
+    levels: list[Any] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
 
     @property
     def nblocks(self) -> tuple[int, ...]:
@@ -91,8 +98,9 @@ class ChunkJob:
     def total(self) -> int:
         return self.layout.n_samples * prod(self.nblocks)
 
-    def chunk_key(self, pos: dict[str, int], block: Sequence[int]) -> str:
-        """The :class:`~n2x.io.ome_zarr.ChunkLog` key of the output chunk of sample ``pos`` and spatial ``block``."""
+    def chunk_index(self, pos: dict[str, int], block: Sequence[int]) -> tuple[int, ...]:
+        """Index over ``out_axes`` of the output chunk of sample ``pos`` (axis letter -> index) and spatial
+        ``block``."""
         idx = []
         for a in self.out_axes:
             if a in pos:
@@ -101,7 +109,11 @@ class ChunkJob:
                 idx.append(0)
             else:
                 idx.append(block[self.layout.spatial.index(a)])
-        return ome_zarr.ChunkLog.key(idx)
+        return tuple(int(i) for i in idx)
+
+    def chunk_key(self, pos: dict[str, int], block: Sequence[int]) -> str:
+        """The :class:`~n2x.io.ome_zarr.ChunkLog` key of the output chunk of sample ``pos`` and spatial ``block``."""
+        return ome_zarr.ChunkLog.key(self.chunk_index(pos, block))
 
     def groups(self) -> Iterator[tuple[list[int], tuple[int, ...]]]:
         """``(samples, block)`` work units: a run of samples consecutive on the last sample axis, one spatial block.
@@ -225,6 +237,79 @@ def _write_chunk(job: ChunkJob, pos: dict[str, int], region: Sequence[slice], bl
         job.chunk_log.record(key)
 
 
+def _write_and_fill(job: ChunkJob, pos: dict[str, int], region: Sequence[slice], block: np.ndarray,
+                    spatial_block: tuple[int, ...]) -> None:
+    """The local writer's unit: write and record a level-0 chunk, then the pyramid blocks it completes."""
+    _write_chunk(job, pos, region, block, job.chunk_key(pos, spatial_block))
+    if job.pyramid is not None:
+        fill_pyramid(job.dest, job.pyramid, job.levels, job.pyramid.recorded(0, job.chunk_index(pos, spatial_block)))
+
+
+def write_pyramid_block(dest: Path, grid: PyramidGrid, levels: Sequence[Any], level: int,
+                        block: tuple[int, ...]) -> None:
+    """Compute block ``block`` of pyramid ``level`` from the level below (already recorded), write it into
+    ``levels[level]`` and record it."""
+    levels[level][grid.region(level, block)] = grid.compute_block(levels, level, block)
+    ome_zarr.ChunkLog(dest, level).record(PyramidTracker.key(block))
+
+
+def fill_pyramid(dest: Path, tracker: PyramidTracker, levels: Sequence[Any],
+                 ready: list[tuple[int, tuple[int, ...]]]) -> None:
+    """Compute the ``ready`` pyramid blocks and, in turn, every block above them they complete."""
+    todo = list(ready)
+    while todo:
+        level, block = todo.pop()
+        write_pyramid_block(dest, tracker.grid, levels, level, block)
+        todo += tracker.recorded(level, block)
+
+
+def pending_groups(job: ChunkJob, skipped: set[str]) -> Iterator[tuple[list[int], tuple[int, ...], list[int]]]:
+    """``(span, block, todo)`` of every work unit with chunks not in ``skipped``: the samples to read (``span``,
+    only the run still to do), the spatial block, and the samples to write (``todo``)."""
+    lay = job.layout
+    for samples, block in job.groups():
+        todo = [s for s in samples if job.chunk_key(lay.sample_index(s), block) not in skipped]
+        if todo:
+            yield samples[samples.index(todo[0]):samples.index(todo[-1]) + 1], block, todo
+
+
+def denoise_slab(job: ChunkJob, slab: np.ndarray, block: tuple[int, ...]) -> np.ndarray:
+    """The denoised chunks ``(G, C, *block_extent)`` (input intensity units) of a raw slab from :func:`read_slab`."""
+    check_finite(slab, "the input")
+    normed = job.model.normalization.apply(slab, channel_axis=1)
+    del slab
+    return job.model.normalization.invert(predict_slab(job, normed, block), channel_axis=1)
+
+
+def slab_chunks(job: ChunkJob, span: list[int], todo: list[int], block: tuple[int, ...],
+                pred: np.ndarray) -> Iterator[tuple[dict[str, int], tuple[slice, ...], np.ndarray]]:
+    """``(sample position, spatial region, chunk (C, *spatial))`` of the chunks of ``pred`` to write."""
+    starts, _, _, _ = job.window(block)
+    region = tuple(slice(s, s + n) for s, n in zip(starts, pred.shape[2:]))
+    for i, s in enumerate(span):
+        if s in todo:
+            yield job.layout.sample_index(s), region, np.ascontiguousarray(pred[i])
+
+
+def process_group(job: ChunkJob, span: list[int], block: tuple[int, ...], todo: list[int]) -> list[tuple[int, ...]]:
+    """One work unit from start to end: read its input window, denoise, write and record its chunks.
+
+    The task a cluster worker runs (:mod:`n2x.batch.volume_cluster`); the local loop of :func:`run_chunks` runs the
+    same steps with its reads and writes overlapped in threads. Returns the recorded chunks' indices (over
+    ``job.out_axes``), the only thing a worker sends back.
+    """
+    pred = denoise_slab(job, read_slab(job, span, block), block)
+    written = []
+    for pos, region, data in slab_chunks(job, span, todo, block, pred):
+        _write_chunk(job, pos, region, data, job.chunk_key(pos, block))
+        written.append(job.chunk_index(pos, block))
+    return written
+
+
+#: what runs the chunks of a job not in ``skipped``: :func:`run_chunks` here, or a cluster's (same protocol)
+ChunkExecutor = Callable[["ChunkJob", set], Generator[VolumeProgress, None, VolumeProgress]]
+
+
 def run_chunks(job: ChunkJob, skipped: set[str]) -> Generator[VolumeProgress, None, VolumeProgress]:
     """Compute every chunk of ``job`` not in ``skipped`` (chunk keys finished earlier) and write it into the target.
 
@@ -240,18 +325,14 @@ def run_chunks(job: ChunkJob, skipped: set[str]) -> Generator[VolumeProgress, No
     done = n_skipped
     yield VolumeProgress(done, total, n_skipped, 0.0, job.dest, job.core)
 
-    def pending_groups() -> Iterator[tuple[list[int], tuple[int, ...], list[int]]]:
-        for samples, block in job.groups():
-            todo = [s for s in samples if job.chunk_key(lay.sample_index(s), block) not in skipped]
-            if todo:
-                # Read only the span of samples still to do.
-                yield samples[samples.index(todo[0]):samples.index(todo[-1]) + 1], block, todo
-
     reader = ThreadPoolExecutor(1, thread_name_prefix="n2x-read")
     writer = ThreadPoolExecutor(1, thread_name_prefix="n2x-write")
     writes: deque[Future] = deque()
+    if job.pyramid is not None:
+        # Pyramid blocks a killed run left undone although their chunks are recorded.
+        catch_up = writer.submit(fill_pyramid, job.dest, job.pyramid, job.levels, job.pyramid.pending())
     try:
-        groups = pending_groups()
+        groups = pending_groups(job, skipped)
         nxt = next(groups, None)
         fut = reader.submit(read_slab, job, nxt[0], nxt[1]) if nxt else None
         while nxt is not None:
@@ -262,21 +343,13 @@ def run_chunks(job: ChunkJob, skipped: set[str]) -> Generator[VolumeProgress, No
             nxt = next(groups, None)
             # Read the next window while this one is computed (overlaps zarr/TIFF decoding with the network).
             fut = reader.submit(read_slab, job, nxt[0], nxt[1]) if nxt else None
-            check_finite(slab, "the input")
-            normed = job.model.normalization.apply(slab, channel_axis=1)
-            del slab
             try:
-                pred = job.model.normalization.invert(predict_slab(job, normed, block), channel_axis=1)
+                pred = denoise_slab(job, slab, block)
             except _Stopped:
                 break
-            del normed
-            starts, _, _, _ = job.window(block)
-            region = tuple(slice(s, s + n) for s, n in zip(starts, pred.shape[2:]))
-            for i, s in enumerate(span):
-                if s in todo:
-                    pos = lay.sample_index(s)
-                    writes.append(writer.submit(_write_chunk, job, pos, region, np.ascontiguousarray(pred[i]),
-                                                job.chunk_key(pos, block)))
+            del slab
+            for pos, region, data in slab_chunks(job, span, todo, block, pred):
+                writes.append(writer.submit(_write_and_fill, job, pos, region, data, block))
             del pred
             finished = 0
             while writes and (writes[0].done() or len(writes) > MAX_PENDING_WRITES):
@@ -295,6 +368,8 @@ def run_chunks(job: ChunkJob, skipped: set[str]) -> Generator[VolumeProgress, No
             except BaseException as exc:  # keep draining; the first error is raised below
                 error = error or exc
         writer.shutdown(wait=True)
+        if job.pyramid is not None:
+            catch_up.result()
         if error is not None:
             raise error
     # A stop leaves work undone, so done < total; an error has been raised above.

@@ -26,10 +26,14 @@ def _sha(obj: Any) -> str:
 
 def _content_sample(data: Any, layout: Layout) -> str:
     """Hash of a small corner of the first and last samples: catches an input replaced by other data."""
+    import dask
+
     h = hashlib.sha256()
     region = tuple(slice(0, min(n, _SAMPLE_EDGE)) for n in layout.spatial_shape)
-    for s in sorted({0, layout.n_samples - 1}):
-        h.update(np.ascontiguousarray(layout.read(data, s, region)).tobytes())
+    # Local threads even where a dask.distributed client is active: a lazily opened TIFF cannot be shipped.
+    with dask.config.set(scheduler="threads"):
+        for s in sorted({0, layout.n_samples - 1}):
+            h.update(np.ascontiguousarray(layout.read(data, s, region)).tobytes())
     return h.hexdigest()
 
 

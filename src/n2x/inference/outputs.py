@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -131,16 +131,30 @@ def finish_tiff(dest: Path, target: np.ndarray, layout: Layout, fingerprint: dic
                provenance=prov)
 
 
+@dataclass
+class ZarrTarget:
+    """An OME-Zarr output opened for writing: ``array`` (level 0, axes ``out_axes``), the spatial ``chunk`` shape
+    in force, the level-0 chunk keys already finished (``skipped``; ``{"*"}`` for a complete output), the pyramid
+    ``factors`` (per level, per spatial axis of the layout) and per level the keys already recorded
+    (``level_done``, level 0 included)."""
+
+    array: Any
+    chunk: tuple[int, ...]
+    skipped: set[str]
+    factors: list[tuple[int, ...]]
+    level_done: list[set[str]]
+
+
 def open_zarr_target(dest: Path, existing: ExistingOutput, *, fingerprint: dict, overwrite: bool,
                      source_path: Path | None, out_axes: str, layout: Layout, chunk: tuple[int, ...],
-                     multiscales: dict[str, Any], prov: dict[str, Any],
-                     ngff_version: str) -> tuple[Any, tuple[int, ...], set[str]]:
-    """Create the OME-Zarr output at full size, or reopen this job's unfinished one to resume it.
+                     multiscales: Callable[[list[tuple[int, ...]]], dict[str, Any]], prov: dict[str, Any],
+                     ngff_version: str, factors: list[tuple[int, ...]]) -> ZarrTarget:
+    """Create the OME-Zarr output at full size (with its pyramid levels), or reopen this job's unfinished one.
 
-    Returns ``(array, chunk, skipped)``: the zarr array ``0`` written into (axes ``out_axes``), the spatial chunk
-    shape in force (an existing output's own grid decides) and the keys of the chunks already finished (``{"*"}``
-    for a complete output). Another job's output, or anything else, is refused unless ``overwrite`` (then removed:
-    a zarr, an empty folder or a file only, see :func:`n2x.io.ome_zarr.remove_output`).
+    ``factors``: the pyramid of a new output (:func:`n2x.io.pyramid.pyramid_factors`), ``multiscales(factors)``
+    its NGFF entry; an existing
+    output's own chunk grid and pyramid decide on resume. Another job's output, or anything else, is refused unless
+    ``overwrite`` (then removed: a zarr, an empty folder or a file only, see :func:`n2x.io.ome_zarr.remove_output`).
     """
     resumable = existing.ours and not overwrite
     if existing.state != "absent" and not resumable:
@@ -157,23 +171,36 @@ def open_zarr_target(dest: Path, existing: ExistingOutput, *, fingerprint: dict,
             target = None  # killed between creating the group and its array: create the array below
         if target is not None and (tuple(target.shape) != out_shape or np.dtype(target.dtype) != np.float32):
             target = None
-    if target is not None:
+    # An output without a "pyramid" entry (written before pyramids) has one level.
+    pyramid = [tuple(f) for f in (existing.record or {}).get("pyramid", [[1] * layout.ndim_spatial])]
+    if target is not None and len(pyramid) == ome_zarr.level_count(dest):
         chunk = tuple(int(target.chunks[out_axes.index(a)]) for a in layout.spatial)
         skipped = {"*"} if existing.state == "complete" else chunk_log.done()
+        level_done = [skipped] + [ome_zarr.ChunkLog(dest, k).done() for k in range(1, len(pyramid))]
     else:
-        chunk_log.clear()
+        for k in range(ome_zarr.level_count(dest) or 1):
+            ome_zarr.ChunkLog(dest, k).clear()
         skipped = set()
+        pyramid = [tuple(f) for f in factors]
+        level_done = [set() for _ in pyramid]
         out_chunks = tuple(1 if a in layout.sample_axes else (layout.n_channels if a == "C"
                            else chunk[layout.spatial.index(a)]) for a in out_axes)
+        level_shapes = [tuple(-(-n // fs[layout.spatial.index(a)]) if a in layout.spatial else n
+                              for a, n in zip(out_axes, out_shape)) for fs in pyramid[1:]]
         dest.parent.mkdir(parents=True, exist_ok=True)
         target = ome_zarr.create_image(
-            dest, out_shape, out_axes, out_chunks, version=ngff_version, multiscales=multiscales,
-            attrs={"n2x": {"status": "running", "fingerprint": fingerprint, "provenance": prov}})
-    chunk_log.ensure()
-    return target, chunk, skipped
+            dest, out_shape, out_axes, out_chunks, version=ngff_version, multiscales=multiscales(pyramid),
+            level_shapes=level_shapes,
+            attrs={"n2x": {"status": "running", "fingerprint": fingerprint, "provenance": prov,
+                           "pyramid": [list(f) for f in pyramid]}})
+    for k in range(len(pyramid)):
+        ome_zarr.ChunkLog(dest, k).ensure()
+    return ZarrTarget(target, chunk, skipped, pyramid, level_done)
 
 
-def finish_zarr(dest: Path, chunk_log: ome_zarr.ChunkLog) -> None:
-    """Mark the OME-Zarr output complete (its attributes, written atomically by zarr), then drop the chunk records."""
+def finish_zarr(dest: Path, n_levels: int = 1) -> None:
+    """Mark the OME-Zarr output complete (its attributes, written atomically by zarr), then drop the chunk records
+    of its ``n_levels`` levels."""
     ome_zarr.set_status(dest, "complete", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    chunk_log.clear()
+    for k in range(n_levels):
+        ome_zarr.ChunkLog(dest, k).clear()

@@ -6,10 +6,11 @@ clipped at the image borders (and zero-padded past the image end up to the netwo
 :func:`n2x.inference.tiling.predict_region` — the same as :meth:`n2x.Model.predict`, so the result equals the
 in-memory prediction (float32 rounding aside) whatever the chunk and tile sizes.
 
-The parts, each in its own module: the geometry of a run (:mod:`.volume_plan`), the job fingerprint
-(:mod:`.fingerprint`), what an existing output holds and opening the target (:mod:`.outputs`), and the chunk loop
-with its reader and writer threads (:mod:`.chunks`). Peak memory depends on the chunk and tile sizes, not on the
-volume.
+The parts, each in its own module: the memory budget (:mod:`.memory_budget`) and the geometry of a run
+(:mod:`.volume_plan`), the job fingerprint (:mod:`.fingerprint`), what an existing output holds and opening the
+target with its pyramid levels (:mod:`.outputs`, :mod:`n2x.io.pyramid`), and the work unit with the local chunk loop
+and its reader and writer threads (:mod:`.chunks`); an ``executor`` may run the work units elsewhere (a dask
+cluster: :mod:`n2x.batch.volume_cluster`). Peak memory depends on the chunk and tile sizes, not on the volume.
 
 Resume: a chunk is recorded (a marker file, see :mod:`n2x.io.ome_zarr`) only after zarr has written it; a run started
 again on the same output skips the recorded chunks. The output is marked ``complete`` only after the last chunk.
@@ -29,11 +30,14 @@ from ..errors import InputError, OptionError, OutputExistsError
 from ..io import ome_zarr
 from ..io.images import ImageInfo, open_image
 from ..io.paths import is_within
-from .chunks import ChunkJob, VolumeProgress, run_chunks
+from ..io.pyramid import PyramidGrid, PyramidTracker, pyramid_factors
+from .chunks import ChunkExecutor, ChunkJob, VolumeProgress, run_chunks
 from .fingerprint import job_fingerprint
 from .outputs import (existing_output, finish_tiff, finish_zarr, open_zarr_target, output_kind, provenance,
                       tiff_target)
-from .volume_plan import auto_tile, batch_for_core, core_for_chunk, memory_budget, plan_volume, samples_per_read
+from .memory_budget import CHUNK_COPIES
+from .volume_plan import (SLAB_BYTES, auto_tile, batch_for_core, core_for_chunk, memory_budget, plan_volume,
+                          samples_per_read)
 
 if TYPE_CHECKING:  # the model sits above the inference layer: the volume engine only calls it
     from ..model import Model
@@ -72,7 +76,8 @@ def iter_denoise_volume(model: Model, source: Any, destination: str | os.PathLik
                         chunks: Sequence[int] | int | None = None, halo: int | None = None,
                         ngff_version: str = "0.4", scale: dict[str, float] | None = None,
                         translation: dict[str, float] | None = None, units: dict[str, str] | None = None,
-                        ) -> Generator[VolumeProgress, None, Path]:
+                        pyramid_levels: int | None = None, max_memory: float | None = None,
+                        executor: ChunkExecutor | None = None) -> Generator[VolumeProgress, None, Path]:
     """Denoise ``source`` into ``destination`` chunk by chunk; a generator of :class:`VolumeProgress`.
 
     Everything is checked, and an OME-Zarr output is created with its full shape and metadata (or found and
@@ -98,6 +103,12 @@ def iter_denoise_volume(model: Model, source: Any, destination: str | os.PathLik
     ``batch_size``: tiles per network call. A device out-of-memory error halves the tile and retries.
     ``should_stop()`` is polled between chunks and between batches of tiles: the run then ends cleanly, keeping
     every chunk written (the chunks being computed are dropped). A stopped TIFF run writes nothing.
+
+    ``pyramid_levels``: resolution levels of an OME-Zarr output (default: 2x down per level until Y and X are at
+    most 256 px, see :mod:`n2x.io.pyramid`; 1: none), filled as the full-resolution chunks below them are written.
+    ``max_memory``: bytes one process (or cluster worker) may use (default and split:
+    :func:`.memory_budget.memory_budget_for`): chunk, tile and batch sizes follow it. ``executor(job, skipped)``: runs the chunks (default: this process,
+    :func:`.chunks.run_chunks`; :mod:`n2x.batch.volume_cluster` runs them on a dask cluster).
     """
     dest = Path(destination)
     kind = output_kind(dest)
@@ -110,7 +121,7 @@ def iter_denoise_volume(model: Model, source: Any, destination: str | os.PathLik
     if src.path is not None and is_within(src.path, dest):
         raise OutputExistsError(f"the output {dest} would overwrite the input {src.path}",
                                 hint="choose another output")
-    geometry = plan_volume(model, layout, tile=tile, chunks=chunks, halo=halo)
+    geometry = plan_volume(model, layout, tile=tile, chunks=chunks, halo=halo, max_memory=max_memory)
     out_axes = layout.axes
     if kind == "zarr":
         problem = ome_zarr.check_ngff_axes(layout.axes)
@@ -128,37 +139,49 @@ def iter_denoise_volume(model: Model, source: Any, destination: str | os.PathLik
                                     {**src.units, **(units or {})})
     job = ChunkJob(model=model, data=src.data, layout=layout, dest=dest, target=None, out_axes=out_axes,
                    chunk=geometry.chunk, core=(1,) * layout.ndim_spatial, halo=geometry.halo, batch=1,
-                   should_stop=should_stop)
+                   should_stop=should_stop, source={"path": str(src.path) if src.path else None, "level": level})
     skipped: set[str] = set()
     if kind == "tiff":
         job.target = tiff_target(dest, existing, fingerprint, layout, overwrite)
     else:
-        ms = ome_zarr.multiscales_metadata(out_axes, scale=scale_, translation=translation_, units=units_,
-                                           name=dest.name.split(".")[0], version=ngff_version)
-        job.target, job.chunk, skipped = open_zarr_target(
+        def multiscales(factors: list[tuple[int, ...]]) -> dict:
+            return ome_zarr.multiscales_metadata(
+                out_axes, scale=scale_, translation=translation_, units=units_, name=dest.name.split(".")[0],
+                version=ngff_version, level_factors=[dict(zip(layout.spatial, f)) for f in factors])
+
+        out = open_zarr_target(
             dest, existing, fingerprint=fingerprint, overwrite=overwrite, source_path=src.path, out_axes=out_axes,
-            layout=layout, chunk=geometry.chunk, multiscales=ms, prov=prov, ngff_version=ngff_version)
+            layout=layout, chunk=geometry.chunk, multiscales=multiscales, prov=prov, ngff_version=ngff_version,
+            factors=pyramid_factors(layout.spatial, layout.spatial_shape, scale_, pyramid_levels))
+        job.target, job.chunk, skipped = out.array, out.chunk, out.skipped
         job.chunk_log = ome_zarr.ChunkLog(dest)
+        if len(out.factors) > 1:
+            out_shape = tuple(layout.shape[layout.axes.index(a)] for a in out_axes)
+            grid = PyramidGrid(out_axes, layout.spatial, out_shape, job.target.chunks, out.factors)
+            job.pyramid = PyramidTracker(grid, out.level_done)
+            job.levels = [job.target] + [ome_zarr.open_array(dest, k) for k in range(1, grid.n_levels)]
     # Tiles split each chunk evenly (the chunk grid may be an earlier run's); batch from the budget of one tile.
     job.core = core_for_chunk(job.chunk, geometry.tile, model.multiple)
     job.batch = batch_for_core(model, layout, job.core, geometry.halo, geometry.budget, batch_size)
-    job.run = samples_per_read(src.data, layout, job.chunk, geometry.halo)
-    return _run(job, skipped, kind, fingerprint, prov, scale_, units_)
+    # A run of samples read together (raw and normalised copies) may take a third of the chunk data budget.
+    job.run = samples_per_read(src.data, layout, job.chunk, geometry.halo,
+                               min(SLAB_BYTES, geometry.chunk_bytes * CHUNK_COPIES / 3))
+    return _run(job, skipped, kind, fingerprint, prov, scale_, units_, executor or run_chunks)
 
 
 def _run(job: ChunkJob, skipped: set[str], kind: str, fingerprint: dict, prov: dict, scale: dict[str, float],
-         units: dict[str, str]) -> Generator[VolumeProgress, None, Path]:
+         units: dict[str, str], executor: ChunkExecutor) -> Generator[VolumeProgress, None, Path]:
     """The generator behind :func:`iter_denoise_volume`: the chunks, then the finished output (a TIFF written,
     an OME-Zarr marked complete) and the last report."""
     if skipped == {"*"}:
         yield VolumeProgress(job.total, job.total, job.total, 0.0, job.dest, job.core)
         return job.dest
-    last = yield from run_chunks(job, skipped)
-    if last.complete:
+    last = yield from executor(job, skipped)
+    if last.complete and (job.pyramid is None or job.pyramid.complete()):
         if kind == "tiff":
             finish_tiff(job.dest, job.target, job.layout, fingerprint, prov, scale, units)
         else:
-            finish_zarr(job.dest, job.chunk_log)
+            finish_zarr(job.dest, job.pyramid.grid.n_levels if job.pyramid is not None else 1)
             log.info("denoised %s in %.1f s", job.dest, last.elapsed)
     yield last
     return job.dest

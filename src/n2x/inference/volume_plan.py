@@ -14,6 +14,7 @@ import numpy as np
 
 from ..data.axes import Layout
 from ..errors import OptionError
+from .memory_budget import memory_budget_for
 from .tiling import default_tile, round_up, tiles_per_batch
 
 #: input bytes read at once for a run of samples of a 2D model (several planes share one input chunk)
@@ -23,29 +24,24 @@ SLAB_BYTES = 256 * 2**20
 @dataclass(frozen=True)
 class VolumePlan:
     """The geometry of one run. ``tile``: core tile wanted (spatial pixels); ``chunk``: spatial chunk shape of the
-    output; ``halo``: pixels of context per side; ``budget``: bytes of activations one network call may use."""
+    output; ``halo``: pixels of context per side; ``budget``: bytes of activations one network call may use;
+    ``chunk_bytes``: float32 bytes one chunk's input window may take (see :mod:`.memory_budget`)."""
 
     tile: tuple[int, ...]
     chunk: tuple[int, ...]
     halo: int
     budget: float
+    chunk_bytes: float = float(SLAB_BYTES)
 
 
-def memory_budget(device: Any) -> float:
-    """Bytes of activations the network may use per batch: half the free device memory on CUDA, else a quarter
-    of the available RAM capped at 512 MiB (the CPU gains nothing from bigger batches)."""
-    import torch
+def memory_budget(device: Any, max_memory: float | None = None) -> float:
+    """Bytes of activations the network may use per batch (see :func:`.memory_budget.memory_budget_for`)."""
+    return memory_budget_for(device, max_memory).activations
 
-    if getattr(device, "type", str(device)) == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return 0.5 * free
-    try:
-        import psutil
 
-        avail = psutil.virtual_memory().available
-    except Exception:
-        avail = 4 * 2**30
-    return float(min(0.25 * avail, 512 * 2**20))
+def _tile_bytes(tile: Sequence[int], halo: int, channels: int, features: int) -> float:
+    # Same rough activation size as tiles_per_batch: features x 6 float32 per pixel and channel.
+    return float(prod(c + 2 * halo for c in tile) * channels * features * 6 * 4)
 
 
 def _network_width(model: Any, channels: int) -> tuple[int, int]:
@@ -56,15 +52,18 @@ def _network_width(model: Any, channels: int) -> tuple[int, int]:
 
 def auto_tile(model: Any, spatial_shape: Sequence[int], budget: float) -> tuple[int, ...]:
     """Core tile (spatial pixels) for ``model``: the default tile, grown while one tile fits half ``budget``
-    bytes (large tiles on a GPU waste less on halos)."""
+    bytes (large tiles on a GPU waste less on halos), or shrunk (largest axis first) until one tile fits ``budget``
+    (a 3D network on a CPU worker)."""
     m, halo = model.multiple, model.halo
     feats, ch = _network_width(model, model.n_channels)
     core = default_tile(spatial_shape, m, halo)
     limit = tuple(round_up(n, m) for n in spatial_shape)
+    while _tile_bytes(core, halo, ch, feats) > budget and max(core) > m:
+        i = core.index(max(core))
+        core = core[:i] + (max(m, round_up(core[i] // 2, m)),) + core[i + 1:]
     while True:
         bigger = tuple(min(lim, c * 2) for c, lim in zip(core, limit))
-        # Same rough activation size as tiles_per_batch: features x 6 float32 per pixel and channel.
-        if bigger == core or prod(c + 2 * halo for c in bigger) * ch * feats * 6 * 4 > budget / 2:
+        if bigger == core or _tile_bytes(bigger, halo, ch, feats) > budget / 2:
             return core
         core = bigger
 
@@ -90,19 +89,34 @@ def spatial_sizes(value: Sequence[int] | int | None, ndim: int, option: str) -> 
     return t
 
 
+def _fit_chunk(chunk: tuple[int, ...], halo: int, channels: int, limit_bytes: float,
+               floor: Sequence[int]) -> tuple[int, ...]:
+    """``chunk`` halved (largest axis first, not below ``floor``) until its float32 input window fits."""
+    while prod(c + 2 * halo for c in chunk) * channels * 4 > limit_bytes:
+        i = max(range(len(chunk)), key=lambda k: chunk[k] / floor[k])
+        if chunk[i] <= floor[i]:
+            return chunk
+        chunk = chunk[:i] + (max(floor[i], chunk[i] // 2),) + chunk[i + 1:]
+    return chunk
+
+
 def plan_volume(model: Any, layout: Layout, *, tile: Sequence[int] | int | None = None,
-                chunks: Sequence[int] | int | None = None, halo: int | None = None) -> VolumePlan:
+                chunks: Sequence[int] | int | None = None, halo: int | None = None,
+                max_memory: float | None = None) -> VolumePlan:
     """Tile, chunk grid and halo of a run of ``model`` on data of ``layout``.
 
     ``tile``: core tile wanted (default from the model and the memory budget of its device); ``chunks``: spatial
     chunk shape of the output (default two tiles per axis, one tile deep in 3D); ``halo``: context per side
     (default the model's receptive radius). All are rounded up to the network's multiple and capped at the image.
+    ``max_memory``: bytes of the process or worker (default and split: :mod:`.memory_budget`); the default tile
+    and chunk shrink to fit it (sizes the user gives are kept).
     """
     m = model.multiple
     halo_px = model.halo if halo is None else max(0, round_up(int(halo), m))
     nd = layout.ndim_spatial
     limit = tuple(round_up(n, m) for n in layout.spatial_shape)
-    budget = memory_budget(model.device)
+    split = memory_budget_for(model.device, max_memory)
+    budget = split.activations
     want = spatial_sizes(tile, nd, "tile") or auto_tile(model, layout.spatial_shape, budget)
     want = tuple(min(max(m, round_up(t, m)), lim) for t, lim in zip(want, limit))
     user_chunks = spatial_sizes(chunks, nd, "chunks")
@@ -113,7 +127,8 @@ def plan_volume(model: Any, layout: Layout, *, tile: Sequence[int] | int | None 
         chunk = tuple(min(2 * t, lim) for t, lim in zip(want, limit))
         if nd == 3:
             chunk = (min(want[0], limit[0]),) + chunk[1:]
-    return VolumePlan(tile=want, chunk=chunk, halo=halo_px, budget=budget)
+        chunk = _fit_chunk(chunk, halo_px, layout.n_channels, split.chunk_bytes, [min(c, 4 * m) for c in chunk])
+    return VolumePlan(tile=want, chunk=chunk, halo=halo_px, budget=budget, chunk_bytes=split.chunk_bytes)
 
 
 def batch_for_core(model: Any, layout: Layout, core: Sequence[int], halo: int, budget: float,
@@ -125,9 +140,10 @@ def batch_for_core(model: Any, layout: Layout, core: Sequence[int], halo: int, b
     return tiles_per_batch(core, halo, ch, feats, budget)
 
 
-def samples_per_read(data: Any, layout: Layout, chunk: Sequence[int], halo: int) -> int:
+def samples_per_read(data: Any, layout: Layout, chunk: Sequence[int], halo: int,
+                     slab_bytes: float = SLAB_BYTES) -> int:
     """Samples read together along the last sample axis: as many as share one input chunk there (e.g. the planes
-    of a Z-chunked stack through a 2D model), within :data:`SLAB_BYTES` of float32 input windows."""
+    of a Z-chunked stack through a 2D model), within ``slab_bytes`` of float32 input windows."""
     if not layout.sample_axes:
         return 1
     in_chunk = 1
@@ -136,5 +152,5 @@ def samples_per_read(data: Any, layout: Layout, chunk: Sequence[int], halo: int)
         in_chunk = int(chunksize[layout.axes.index(layout.sample_axes[-1])])
     window = prod(c + 2 * halo for c in chunk)
     # x2: the raw window and its normalised copy are alive together
-    fit = max(1, int(SLAB_BYTES // max(1, window * layout.n_channels * 4 * 2)))
+    fit = max(1, int(slab_bytes // max(1, window * layout.n_channels * 4 * 2)))
     return max(1, min(in_chunk, fit, layout.sample_shape[-1]))

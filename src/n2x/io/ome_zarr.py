@@ -6,6 +6,7 @@ Layout of an output written by :func:`n2x.denoise_volume`::
         .zgroup, .zattrs            (NGFF 0.4, zarr format 2)   or  zarr.json (NGFF 0.5, zarr format 3)
         0/                          the float32 result, created with its full shape before any chunk is computed
         0/.n2x-done/                one empty marker file per finished chunk, removed once the output is complete
+        1/, 2/, ...                 the resolution pyramid (:mod:`n2x.io.pyramid`), each with its own .n2x-done/
 
 The group attributes hold the NGFF ``multiscales`` (axes with types and units, scale and translation) and an
 ``n2x`` entry: ``status`` (``"running"`` until the very end, then ``"complete"``), the job ``fingerprint`` used to
@@ -76,11 +77,14 @@ def check_ngff_axes(axes: str) -> str | None:
 
 def multiscales_metadata(axes: str, *, scale: dict[str, float] | None = None,
                          translation: dict[str, float] | None = None, units: dict[str, str] | None = None,
-                         name: str = "", version: str = "0.4") -> dict[str, Any]:
-    """The NGFF ``multiscales`` entry of a single-level image with ``axes`` (already in NGFF order).
+                         name: str = "", version: str = "0.4",
+                         level_factors: Sequence[dict[str, int]] = ()) -> dict[str, Any]:
+    """The NGFF ``multiscales`` entry of an image with ``axes`` (already in NGFF order).
 
     ``scale`` and ``translation`` are physical size per pixel and origin per axis letter (missing: 1 and 0);
     ``units`` per axis letter are mapped to UDUNITS-2 names (unknown ones are left out, as NGFF requires).
+    ``level_factors``: per resolution level, the downsampling factor per axis letter (missing: 1); none or one
+    entry is a single-level image. Level ``k`` is the array ``k`` and its scale is level 0's times its factors.
     """
     scale, translation, units = scale or {}, translation or {}, units or {}
     ax_meta = []
@@ -92,13 +96,16 @@ def multiscales_metadata(axes: str, *, scale: dict[str, float] | None = None,
         if unit:
             entry["unit"] = unit
         ax_meta.append(entry)
-    transforms: list[dict[str, Any]] = [
-        {"type": "scale", "scale": [float(scale.get(a, 1.0)) if a not in "CS" else 1.0 for a in axes]}]
-    if any(float(translation.get(a, 0.0)) != 0.0 for a in axes if a not in "CS"):
-        transforms.append({"type": "translation",
-                           "translation": [float(translation.get(a, 0.0)) if a not in "CS" else 0.0 for a in axes]})
-    ms: dict[str, Any] = {"axes": ax_meta, "datasets": [{"path": ARRAY_PATH, "coordinateTransformations": transforms}],
-                          "name": name}
+    datasets = []
+    for k, factors in enumerate(level_factors or [{}]):
+        transforms: list[dict[str, Any]] = [
+            {"type": "scale", "scale": [float(scale.get(a, 1.0)) * factors.get(a, 1) if a not in "CS" else 1.0
+                                        for a in axes]}]
+        if any(float(translation.get(a, 0.0)) != 0.0 for a in axes if a not in "CS"):
+            transforms.append({"type": "translation", "translation": [float(translation.get(a, 0.0))
+                                                                      if a not in "CS" else 0.0 for a in axes]})
+        datasets.append({"path": str(k), "coordinateTransformations": transforms})
+    ms: dict[str, Any] = {"axes": ax_meta, "datasets": datasets, "name": name}
     if version == "0.4":
         ms["version"] = "0.4"
     return ms
@@ -145,10 +152,12 @@ def remove_output(path: Path, source: Path | None = None) -> None:
 
 
 def create_image(path: Path, shape: Sequence[int], axes: str, chunks: Sequence[int], *, attrs: dict[str, Any],
-                 multiscales: dict[str, Any], version: Literal["0.4", "0.5"] = "0.4", dtype: str = "float32"):
+                 multiscales: dict[str, Any], version: Literal["0.4", "0.5"] = "0.4", dtype: str = "float32",
+                 level_shapes: Sequence[Sequence[int]] = ()):
     """Create the OME-Zarr group at ``path`` and its full-size array ``0`` (nothing computed yet); returns the array.
 
-    NGFF 0.4 is zarr format 2 with ``/``-separated chunk keys, 0.5 is zarr format 3. Unwritten chunks read as 0.
+    ``level_shapes``: shapes of the pyramid levels 1, 2, ... (arrays ``1``, ``2``, ..., same chunks). NGFF 0.4 is
+    zarr format 2 with ``/``-separated chunk keys, 0.5 is zarr format 3. Unwritten chunks read as 0.
     """
     import zarr
 
@@ -162,25 +171,36 @@ def create_image(path: Path, shape: Sequence[int], axes: str, chunks: Sequence[i
         kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
     else:
         kwargs["dimension_names"] = dims
-    arr = group.create_array(ARRAY_PATH, shape=tuple(int(n) for n in shape), chunks=tuple(int(c) for c in chunks),
-                             dtype=dtype, fill_value=0.0, overwrite=True, **kwargs)
-    if fmt == 2:
-        # What xarray and other readers of zarr v2 use to name dimensions.
-        arr.attrs["_ARRAY_DIMENSIONS"] = dims
+    arrays = []
+    for k, level_shape in enumerate([shape, *level_shapes]):
+        arr = group.create_array(str(k), shape=tuple(int(n) for n in level_shape),
+                                 chunks=tuple(int(c) for c in chunks), dtype=dtype, fill_value=0.0, overwrite=True,
+                                 **kwargs)
+        if fmt == 2:
+            # What xarray and other readers of zarr v2 use to name dimensions.
+            arr.attrs["_ARRAY_DIMENSIONS"] = dims
+        arrays.append(arr)
     meta = dict(attrs)
     if fmt == 2:
         meta["multiscales"] = [multiscales]
     else:
         meta["ome"] = {"version": "0.5", "multiscales": [multiscales]}
     group.attrs.update(meta)
-    return arr
+    return arrays[0]
 
 
-def open_array(path: Path):
-    """The result array ``0`` of an existing output, opened for writing."""
+def open_array(path: Path, level: int = 0):
+    """The result array of ``level`` (0: full resolution) of an existing output, opened for writing."""
     import zarr
 
-    return zarr.open_array(str(path / ARRAY_PATH), mode="r+")
+    return zarr.open_array(str(path / str(level)), mode="r+")
+
+
+def level_count(path: Path) -> int:
+    """The number of resolution levels an existing output's ``multiscales`` metadata lists (0 when none)."""
+    attrs = read_group_attrs(path) or {}
+    ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales") or [{}]
+    return len(ms[0].get("datasets", []))
 
 
 def set_status(path: Path, status: str, **extra: Any) -> None:
@@ -195,10 +215,11 @@ def set_status(path: Path, status: str, **extra: Any) -> None:
 
 
 class ChunkLog:
-    """The record of finished chunks of one output: an empty marker file per chunk in ``<output>/0/.n2x-done``."""
+    """The record of finished chunks of one level of an output: an empty marker file per chunk in
+    ``<output>/<level>/.n2x-done``."""
 
-    def __init__(self, output: Path):
-        self.dir = Path(output) / ARRAY_PATH / DONE_DIR
+    def __init__(self, output: Path, level: int = 0):
+        self.dir = Path(output) / str(level) / DONE_DIR
 
     @staticmethod
     def key(chunk_index: Iterable[int]) -> str:
