@@ -76,3 +76,49 @@ def condition(name: str, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """``(clean, a, b)`` for image ``name`` and noise ``kind``."""
     clean = clean_image(name)
     return clean, add_noise(clean, kind, name, "a"), add_noise(clean, kind, name, "b")
+
+
+# -- time-lapse (frame-to-frame Noise2Noise) -----------------------------------------------------------------------
+TIMELAPSE_FRAMES = 24
+TIMELAPSE_SIZE = 256
+
+
+def timelapse_centres(n_frames: int = TIMELAPSE_FRAMES) -> np.ndarray:
+    """``(T, 2)`` window centres (Y, X) in ``camera()`` pixels: from (210, 205), (3, 4 + 6 sin(t / 3)) px per frame."""
+    centres = [np.array([210.0, 205.0])]
+    for t in range(n_frames - 1):
+        centres.append(centres[-1] + (3.0, 4.0 + 6.0 * np.sin(t / 3)))
+    return np.stack(centres)
+
+
+@lru_cache(maxsize=None)
+def clean_timelapse(moving: bool = True) -> np.ndarray:
+    """``(24, 256, 256)`` float32 frames (TYX) cut from ``camera()`` (rescaled to [0, 1]); the static twin repeats
+    frame 0. Frame t: a 400 x 400 crop at the (integer) centre, rotated 0.4 t degrees about the crop centre with cubic
+    interpolation, shifted by the centre's sub-pixel part, and its centre 256 x 256 kept (then clipped to [0, 1])."""
+    from scipy import ndimage as ndi
+    from skimage.transform import rotate
+
+    cam = np.pad(clean_image("camera"), 200, mode="reflect")  # the window's 400 x 400 crop may pass the edge
+    half, keep = 200, (400 - TIMELAPSE_SIZE) // 2
+    centres = timelapse_centres() + 200
+    frames = []
+    for t in range(TIMELAPSE_FRAMES):
+        t_src = t if moving else 0
+        c = centres[t_src]
+        r0 = np.floor(c).astype(int)
+        crop = cam[r0[0] - half:r0[0] + half, r0[1] - half:r0[1] + half]
+        crop = rotate(crop, 0.4 * t_src, order=3, mode="reflect")
+        crop = ndi.shift(crop, -(c - r0), order=3, mode="reflect")  # the true centre onto the crop's centre
+        frames.append(crop[keep:keep + TIMELAPSE_SIZE, keep:keep + TIMELAPSE_SIZE])
+    # cubic interpolation overshoots a little at edges: clipped, as a clean image is in [0, 1] (and Poisson needs >= 0)
+    return np.clip(np.stack(frames), 0, 1).astype(np.float32)
+
+
+def timelapse(kind: str, moving: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(clean, noisy)`` time-lapses (TYX) with ``kind`` G25 or PG noise, independent per frame (the frame index
+    is in each frame's seed)."""
+    clean = clean_timelapse(moving)
+    name = "timelapse" if moving else "timelapse-static"
+    noisy = np.stack([add_noise(frame, kind, name, f"a{t}") for t, frame in enumerate(clean)])
+    return clean, noisy

@@ -2,7 +2,9 @@
 
 Each builder returns :class:`~n2x.data.patches.Source` objects with two stacks, ``(input, target)``: two noisy
 realisations of the same scene. The patch sampler crops the same region from both and augments them identically.
-Nothing is read here; sources read lazily, so dask and zarr arrays stay on disk.
+Frame-to-frame pairs (``f2f``) also carry an alignment block (:mod:`n2x.data.flow`): the optical flow between the two
+frames and where it holds, computed lazily for the regions read. Nothing is read here; sources read lazily, so dask
+and zarr arrays stay on disk.
 """
 from __future__ import annotations
 
@@ -15,24 +17,35 @@ from ..errors import InputError
 from .axes import Layout
 from .patches import Source
 
-PAIRINGS = ("adjacent", "even-odd", "subsample")
+PAIRINGS = ("adjacent", "even-odd", "subsample", "f2f")
+#: pairings of frames or planes along an axis
+STACK_PAIRINGS = ("adjacent", "even-odd", "f2f")
 PAIR_AXES = ("T", "Z")
 
 
 def normalize_pairs(pairs: str | None) -> str | None:
-    """``pairs`` in canonical form (``adjacent``, ``even-odd``, ``subsample``) or :class:`InputError`."""
+    """``pairs`` in canonical form (``adjacent``, ``even-odd``, ``subsample``, ``f2f``) or :class:`InputError`."""
     if pairs is None:
         return None
     key = str(pairs).lower().replace("_", "-").replace(" ", "-")
     key = {"evenodd": "even-odd", "neighbour": "subsample", "neighbor2neighbor": "subsample",
-           "neighbour2neighbour": "subsample", "sub-sample": "subsample"}.get(key, key)
+           "neighbour2neighbour": "subsample", "sub-sample": "subsample", "frame-to-frame": "f2f",
+           "motion": "f2f"}.get(key, key)
     if key not in PAIRINGS:
         raise InputError(f"pairs must be one of {', '.join(PAIRINGS)}, not {pairs!r}")
     return key
 
 
 def normalize_along(along: str | None, pairs: str) -> str:
-    """The pairing axis (``T`` or ``Z``) or an :class:`InputError` that says what to give."""
+    """The pairing axis (``T`` or ``Z``) or an :class:`InputError` that says what to give.
+
+    Frame-to-frame pairs (``f2f``) align frames in time: ``T``, also when ``along`` is not given.
+    """
+    if pairs == "f2f":
+        if along is not None and along != "" and str(along).upper() != "T":
+            raise InputError(f"frame-to-frame pairs align frames in time, so they pair along T, not {along!r}",
+                             hint="set {along} to T (or leave it unset), or set {pairs} to adjacent for planes along Z")
+        return "T"
     if along is None or along == "":
         raise InputError(f"pairs {pairs!r} need the axis along which frames or planes are paired",
                          hint="set {along} to T (time frames) or Z (planes)")
@@ -72,8 +85,8 @@ def target_sources(images: Sequence[Any], layouts: Sequence[Layout], target: Any
 def partner_samples(layout: Layout, along: str, pairs: str) -> list[tuple[int, int]]:
     """Flat sample indices ``(input, target)`` of the partners along ``along`` (a sample axis of ``layout``).
 
-    ``adjacent``: every frame/plane with the next one (``n - 1`` pairs per stack). ``even-odd``: frame ``2k`` with
-    ``2k + 1`` (two acquisitions per time point, stored interleaved; an odd last frame has no partner).
+    ``adjacent`` and ``f2f``: every frame/plane with the next one (``n - 1`` pairs per stack). ``even-odd``: frame
+    ``2k`` with ``2k + 1`` (two acquisitions per time point, stored interleaved; an odd last frame has no partner).
     """
     if along not in layout.axes:
         raise InputError(f"pairs along {along} need a {along} axis, but the image's axes are {layout.axes!r}",
@@ -86,7 +99,7 @@ def partner_samples(layout: Layout, along: str, pairs: str) -> list[tuple[int, i
         raise InputError(f"{pairs} pairing needs at least 2 {'frames' if along == 'T' else 'planes'} along {along}, "
                          f"but the image has {n}", hint="give a second acquisition as {target}, or set {pairs} to "
                          "subsample")
-    if pairs == "adjacent":
+    if pairs in ("adjacent", "f2f"):
         steps = [(k, k + 1) for k in range(n - 1)]
     else:
         steps = [(k, k + 1) for k in range(0, n - 1, 2)]
@@ -114,4 +127,34 @@ def stack_sources(images: Sequence[Any], layouts: Sequence[Layout], pairs: str, 
             return lay.read(img, a, region), lay.read(img, b, region)
 
         sources.append(Source(lay, len(partners), read, 2, f"image {i} ({pairs} pairs along {along})"))
+    return sources
+
+
+def f2f_sources(images: Sequence[Any], layouts: Sequence[Layout], settings: Any = None) -> list[Source]:
+    """Frame-to-frame pairs along T: frame ``t`` with ``t + 1`` and their alignment block (see
+    :func:`n2x.data.flow.align_pair`), computed lazily per region and cached within ``settings.cache_bytes`` per image.
+
+    The frames must be 2D (Z planes are paired plane by plane with their own flows); channels share one flow.
+    """
+    from .flow import ALIGN_CHANNELS, ALIGN_VECTORS, AlignmentCache, FlowSettings
+
+    settings = settings or FlowSettings()
+    sources = []
+    for i, (img, lay) in enumerate(zip(images, layouts)):
+        if lay.ndim_spatial != 2:
+            raise InputError("frame-to-frame pairs align 2D frames", hint="set {dims} to 2 so that Z planes are "
+                             "paired plane by plane")
+        partners = partner_samples(lay, "T", "f2f")
+
+        def read_pair(p: int, region, img=img, lay=lay, partners=partners):
+            a, b = partners[p]
+            return lay.read(img, a, region), lay.read(img, b, region)
+
+        cache = AlignmentCache(read_pair, lay.spatial_shape, settings)
+
+        def read(s: int, region, read_pair=read_pair, cache=cache):
+            return read_pair(s, region) + (cache.region(s, region),)
+
+        sources.append(Source(lay, len(partners), read, 2, f"image {i} (frame-to-frame pairs along T)",
+                              aux_channels=ALIGN_CHANNELS, aux_vectors=ALIGN_VECTORS, aux_cache=cache))
     return sources

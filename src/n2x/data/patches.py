@@ -28,6 +28,11 @@ class Source:
 
     ``read(s, region)`` returns one raw float32 array ``(C, *spatial)`` per stack for sample ``s`` and a spatial
     ``region`` (slices along ``layout.spatial``). ``n_samples`` may be smaller than the layout's (pairs along an axis).
+
+    With ``aux_channels`` > 0, ``read`` returns one more array, ``(aux_channels, *spatial)``: per-pixel data that go
+    with the stacks but are not intensities (frame-to-frame alignment: flows and masks). It is not normalised;
+    ``aux_vectors`` are its channels where a displacement ``(d_Z, d_Y, d_X)`` or ``(d_Y, d_X)`` in pixels starts, which
+    flips and rotations turn with the patch. ``aux_cache`` is whatever computes it (for reports: its cost, its size).
     """
 
     layout: Layout
@@ -35,6 +40,9 @@ class Source:
     read: Callable[[int, Region], tuple[np.ndarray, ...]]
     n_stacks: int = 1
     name: str = ""
+    aux_channels: int = 0
+    aux_vectors: tuple[int, ...] = ()
+    aux_cache: Any = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -79,10 +87,16 @@ class PatchSampler:
         self.ndim = len(self.patch)
         self.n_stacks = self.sources[0].n_stacks
         self.n_channels = self.sources[0].layout.n_channels
+        self.aux_channels = self.sources[0].aux_channels
+        self.aux_vectors = self.sources[0].aux_vectors
+        # per array of a patch: the stacks' channels, then the aux block's
+        self.array_channels = (self.n_channels,) * self.n_stacks + ((self.aux_channels,) if self.aux_channels else ())
         for src in self.sources:
             if src.layout.ndim_spatial != self.ndim:
                 raise InputError(f"patch {self.patch} has {self.ndim} dims but {src.name or 'an image'} is "
                                  f"{src.layout.ndim_spatial}D ({src.layout.spatial})")
+            if (src.n_stacks, src.aux_channels) != (self.n_stacks, self.aux_channels):
+                raise InputError("all training sources must be paired the same way")
             if src.layout.n_channels != self.n_channels:
                 raise InputError("all training images must have the same number of channels "
                                  f"({src.name or 'one'} has {src.layout.n_channels}, expected {self.n_channels})")
@@ -97,7 +111,7 @@ class PatchSampler:
         self.splits = [self._split(src, val_fraction) for src in self.sources]
         self.val_independent = all(s.val_samples or s.val_region is not None for s in self.splits)
 
-        bytes_needed = sum(src.n_pixels * self.n_channels * 4 * self.n_stacks for src in self.sources)
+        bytes_needed = sum(src.n_pixels * 4 * sum(self.array_channels) for src in self.sources)
         self.in_memory = bytes_needed <= self.max_memory
         self._regions: list[tuple[np.ndarray, ...]] = []
         self._weights = np.zeros(0)
@@ -142,7 +156,7 @@ class PatchSampler:
 
     def _n_cache_regions(self) -> int:
         shape = self._cache_region_shape(self.sources[0])
-        per_region = prod(shape) * self.n_channels * 4 * self.n_stacks
+        per_region = prod(shape) * 4 * sum(self.array_channels)
         return int(max(4, min(256, self.max_memory // max(per_region, 1))))
 
     def _cache_region_shape(self, src: Source) -> tuple[int, ...]:
@@ -164,7 +178,8 @@ class PatchSampler:
         return src.read(s, tuple(region))
 
     def _normalize(self, blocks: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        return tuple(self.norm.apply(b, channel_axis=0) for b in blocks)
+        stacks = tuple(self.norm.apply(b, channel_axis=0) for b in blocks[:self.n_stacks])
+        return stacks + tuple(blocks[self.n_stacks:])  # the aux block is not intensities
 
     def _set_regions(self, regions: list[tuple[np.ndarray, ...]]) -> None:
         with self._lock:
@@ -201,14 +216,14 @@ class PatchSampler:
         if not picks:  # nothing held out: validate on fixed training patches (not independent)
             return self._draw(min(n_max, 32), np.random.default_rng(777), augment=False)
         picks = picks[:n_max]
-        return tuple(np.stack([p[i] for p in picks]) for i in range(self.n_stacks))
+        return tuple(np.stack([p[i] for p in picks]) for i in range(len(self.array_channels)))
 
     # -- sampling --------------------------------------------------------------------------------------------
     def _draw(self, n: int, rng: np.random.Generator, augment: bool = True) -> tuple[np.ndarray, ...]:
         with self._lock:
             regions, weights = self._regions, self._weights
         which = rng.choice(len(regions), size=n, p=weights)
-        out = [np.empty((n, self.n_channels) + self.patch, np.float32) for _ in range(self.n_stacks)]
+        out = [np.empty((n, c) + self.patch, np.float32) for c in self.array_channels]
         for i, k in enumerate(which):
             blocks = regions[k]
             shape = blocks[0].shape[1:]
@@ -222,6 +237,8 @@ class PatchSampler:
                     p = np.flip(p, axis=flips)
                 if k90:
                     p = np.rot90(p, k90, axes=(-2, -1))
+                if j >= self.n_stacks and self.aux_vectors and (flips or k90):
+                    p = _turn_vectors(p, self.aux_vectors, [f - 1 for f in flips], k90)
                 out[j][i] = p
         return tuple(out)
 
@@ -271,6 +288,20 @@ class PatchSampler:
     def patches_per_epoch(self) -> int:
         """Patches in one pass over the training pixels."""
         return max(1, -(-self.train_pixels // prod(self.patch)))
+
+
+def _turn_vectors(block: np.ndarray, starts: Sequence[int], flipped: Sequence[int], k90: int) -> np.ndarray:
+    """Displacements in ``block`` ``(channels, *spatial)`` (components from each of ``starts``) after the block was
+    flipped along the spatial axes ``flipped`` and then turned ``k90`` times by :func:`numpy.rot90` in the last two."""
+    block = np.array(block)
+    nd = block.ndim - 1
+    for v in starts:
+        for d in flipped:
+            block[v + d] *= -1
+        for _ in range(k90 % 4):  # rot90 moves (y, x) to (W - 1 - x, y): a displacement (dy, dx) to (-dx, dy)
+            dy, dx = block[v + nd - 2].copy(), block[v + nd - 1].copy()
+            block[v + nd - 2], block[v + nd - 1] = -dx, dy
+    return block
 
 
 def _region_shape(region: Region, full: tuple[int, ...]) -> tuple[int, ...]:

@@ -7,6 +7,9 @@ every pixel of every patch, which makes it learn faster than Noise2Void. Pairs c
 - two arrays of the same shape (``target=``): two acquisitions of the same scene;
 - one stack (``pairs="adjacent"``: frame/plane ``k`` with ``k + 1``; ``pairs="even-odd"``: ``2k`` with ``2k + 1``)
   along ``along="T"`` or ``"Z"``; Z partners are planes, so pairing along Z uses a 2D network;
+- one time-lapse with motion (``pairs="f2f"``, frame-to-frame, Ehret et al. 2019): frame ``t`` with ``t + 1``, the
+  network's prediction of one warped onto the other by their optical flow (:mod:`n2x.data.flow`) and the loss taken
+  where the alignment holds; 2D frames along T, Z planes one by one. Inference is a plain single-frame prediction;
 - one image (``pairs="subsample"``, Neighbor2Neighbor): in every 2 x 2 (x 2) cell two neighbouring pixels are picked
   at random, one for each of two half-size sub-images; the network maps one sub-image to the other, and a
   regulariser ties this to the network's output on the full image (weight ``gamma``). Needs pixel-independent noise.
@@ -24,10 +27,11 @@ from .base import Method
 
 LOSSES = ("l2", "l1")
 
-PAIRS = ("adjacent", "even-odd", "subsample")
+PAIRS = ("adjacent", "even-odd", "subsample", "f2f")
 #: what to do when no pairs were given (a hint in the engine's option names, worded by each front door)
 HOW_TO_PAIR = ("give a second acquisition of the same scene as {target}, pair frames or planes inside a stack with "
-               "{pairs} adjacent or even-odd and {along} T or Z, or sub-sample a single image with {pairs} subsample")
+               "{pairs} adjacent or even-odd and {along} T or Z (or {pairs} f2f for moving time-lapses), or "
+               "sub-sample a single image with {pairs} subsample")
 
 
 def _cells(x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +65,23 @@ def neighbour_subsample(x: torch.Tensor, generator: torch.Generator) -> tuple[to
     return _take(cells, ia), _take(cells, ib), ia, ib
 
 
+def warp_prediction(pred: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pred`` ``(B, C, Y, X)`` sampled bilinearly (differentiably) at ``p + flow[p]``, and where that is inside.
+
+    ``flow`` ``(B, 2, Y, X)``: displacements (dy, dx) in pixels on the target's grid. Returns the warped prediction and
+    a ``(B, 1, Y, X)`` float mask, 0 where the sample falls outside the predicted patch (the border rule: no sample
+    without support).
+    """
+    b, _, ny, nx = pred.shape
+    gy, gx = torch.meshgrid(torch.arange(ny, device=pred.device, dtype=torch.float32),
+                            torch.arange(nx, device=pred.device, dtype=torch.float32), indexing="ij")
+    py, px = gy + flow[:, 0].float(), gx + flow[:, 1].float()
+    inside = (py >= 0) & (py <= ny - 1) & (px >= 0) & (px <= nx - 1)
+    grid = torch.stack([2 * px / max(nx - 1, 1) - 1, 2 * py / max(ny - 1, 1) - 1], -1)
+    warped = nn.functional.grid_sample(pred.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return warped, inside.unsqueeze(1).float()
+
+
 def _take(cells: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     idx = idx.expand(cells.shape[:-1]).unsqueeze(-1)
     return torch.gather(cells, -1, idx).squeeze(-1)
@@ -73,7 +94,7 @@ class N2N(Method):
     ``swap`` (use each pair both ways, input->target and target->input: both are noisy realisations; default True),
     ``gamma`` (weight of the Neighbor2Neighbor regulariser, default 1), and the data options ``target``, ``pairs``
     and ``along`` (passed to :meth:`make_sources`). Recorded by training: ``pairing`` (``target``, ``adjacent``,
-    ``even-odd`` or ``subsample``) and ``along``.
+    ``even-odd``, ``subsample`` or ``f2f``), ``along`` and, for ``f2f``, ``flow`` (the flow settings).
     """
 
     name = "n2n"
@@ -82,13 +103,15 @@ class N2N(Method):
                    "even/odd frames, or sub-sampled pairs of one image.")
     options = (
         Option("pairs", "str", None, "form the pairs inside the image: adjacent (frame or plane k with k + 1), "
-               "even-odd (2k with 2k + 1), both along the axis given by along, or subsample (two neighbouring "
-               "pixels of every 2 x 2 cell, Neighbor2Neighbor; needs pixel-independent noise); give pairs or "
-               "target", label="Partner", choices=PAIRS, data=True),
+               "even-odd (2k with 2k + 1), both along the axis given by along, subsample (two neighbouring "
+               "pixels of every 2 x 2 cell, Neighbor2Neighbor; needs pixel-independent noise), or f2f (frame t "
+               "with t + 1 along T, aligned by optical flow: for time-lapses where the sample moves); give pairs "
+               "or target", label="Partner", choices=PAIRS, data=True),
         Option("target", "image", None, "a second noisy acquisition of the same scene, same shape and axes as the "
                "image; give target or pairs", label="Partner image", data=True),
         Option("along", "str", None, "the axis along which adjacent or even-odd pairs are formed: T (time frames) "
-               "or Z (planes; the network is then 2D)", label="Pair along", choices=("T", "Z"), data=True),
+               "or Z (planes; the network is then 2D); f2f pairs are along T", label="Pair along",
+               choices=("T", "Z"), data=True),
         Option("loss", "str", "l2", "training loss: l2 (mean squared error, for zero-mean noise; default) or l1 "
                "(mean absolute error, for impulse-like noise)", label="Loss", choices=LOSSES),
         Option("swap", "bool", True, "use each pair both ways, input to target and target to input (both are "
@@ -96,10 +119,11 @@ class N2N(Method):
         Option("gamma", "float", 1.0, "weight of the Neighbor2Neighbor regulariser with pairs subsample (default "
                "1; 0 turns it off)", label="Regulariser weight", range=(0.0, 100.0), advanced=True),
     )
-    internal = ("pairing", "along")
+    internal = ("pairing", "along", "flow")
 
     def __init__(self, loss: str | None = None, swap: bool | None = None, gamma: float | None = None):
-        super().__init__(**self.settled("n2n", loss=loss, swap=swap, gamma=gamma), pairing=None, along=None)
+        super().__init__(**self.settled("n2n", loss=loss, swap=swap, gamma=gamma), pairing=None, along=None,
+                         flow=None)
 
     # -- network ---------------------------------------------------------------------------------------------
     def network_config(self, ndim: int, channels: int, overrides: dict | None = None, **options: Any) -> dict:
@@ -117,6 +141,11 @@ class N2N(Method):
         from ..data.pairs import normalize_pairs
 
         pairs, along = normalize_pairs(options.get("pairs")), options.get("along")
+        if pairs == "f2f":  # flows align 2D frames: Z planes are samples, paired with the same plane in time
+            if requested == 3:
+                raise InputError("frame-to-frame pairs align 2D frames, so the network must be 2D",
+                                 hint="leave {dims} unset or set it to 2")
+            return 2
         if pairs in ("adjacent", "even-odd") and isinstance(along, str) and along.upper() == "Z":
             if requested == 3:
                 raise InputError("pairs along Z pair planes, so the network must be 2D",
@@ -132,11 +161,17 @@ class N2N(Method):
             # Sub-sampling halves each patch: 32 x 32 patches leave 16 x 16 sub-images, too little context
             # (camera/G25 at 180 s: 28.1 dB with 64 of 32 x 32, 29.0 dB with 16 of 64 x 64).
             return (64, 64), 16
+        if ndim == 2 and normalize_pairs(options.get("pairs")) == "f2f":
+            # Warped samples that leave the patch are masked: with 32 x 32 patches a motion of 5-10 px per frame
+            # would mask a third to a half of each patch. Same pixels per step as the default.
+            return (64, 64), 16
         return super().training_defaults(ndim, **options)
 
     def make_sources(self, images: list, layouts: list, target: Any = None, pairs: str | None = None,
                      along: str | None = None, **options: Any) -> list:
-        from ..data.pairs import normalize_along, normalize_pairs, stack_sources, target_sources
+        from ..data.flow import FlowSettings
+        from ..data.pairs import (STACK_PAIRINGS, f2f_sources, normalize_along, normalize_pairs, stack_sources,
+                                  target_sources)
         from ..data.patches import single_source
 
         extra = {k: v for k, v in options.items() if v is not None}
@@ -149,15 +184,20 @@ class N2N(Method):
         if target is None and pairs is None:
             raise InputError("Noise2Noise needs pairs of independent noisy images of the same scene",
                              hint=HOW_TO_PAIR)
-        if along is not None and pairs not in ("adjacent", "even-odd"):
-            raise InputError(f"the pairing axis ({along}) only applies to adjacent or even-odd pairs",
-                             hint="leave {along} unset or set {pairs} to adjacent or even-odd")
+        if along is not None and pairs not in STACK_PAIRINGS:
+            raise InputError(f"the pairing axis ({along}) only applies to adjacent, even-odd or f2f pairs",
+                             hint="leave {along} unset or set {pairs} to adjacent, even-odd or f2f")
         if target is not None:
             sources = target_sources(images, layouts, target)
             self.params.update(pairing="target", along=None)
         elif pairs == "subsample":
             sources = [single_source(img, lay, f"image {i}") for i, (img, lay) in enumerate(zip(images, layouts))]
             self.params.update(pairing="subsample", along=None)
+        elif pairs == "f2f":
+            along = normalize_along(along, pairs)
+            settings = FlowSettings()
+            sources = f2f_sources(images, layouts, settings)
+            self.params.update(pairing="f2f", along=along, flow=settings.to_dict())
         else:
             along = normalize_along(along, pairs)
             sources = stack_sources(images, layouts, pairs, along)
@@ -170,6 +210,8 @@ class N2N(Method):
         return d.abs().mean() if self.params["loss"] == "l1" else (d ** 2).mean()
 
     def loss(self, net: nn.Module, patches: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
+        if len(patches) == 3:
+            return self._f2f_loss(net, *patches, generator)
         if len(patches) >= 2:
             x, y = patches[0], patches[1]
             if self.params["swap"]:
@@ -178,6 +220,33 @@ class N2N(Method):
                 x, y = torch.where(flip, y, x), torch.where(flip, x, y)
             return self._distance(net(x), y)
         return self._subsample_loss(net, patches[0], generator)
+
+    def _f2f_loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, align: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+        """Frame-to-frame loss: the prediction of ``x`` warped onto ``y``'s grid, against ``y`` where aligned.
+
+        ``align`` ``(B, 6, Y, X)`` (see :func:`n2x.data.flow.align_pair`): flow and validity for ``y`` as the target,
+        then for ``x`` as the target (used when the pair is swapped).
+        """
+        from ..data.flow import ALIGN_CHANNELS
+
+        if align.shape[1] != ALIGN_CHANNELS:  # channels trained one by one: the block was folded as channels were
+            align = align.reshape((-1, ALIGN_CHANNELS) + tuple(align.shape[2:]))
+        if align.shape[0] != x.shape[0]:
+            align = align.repeat_interleave(x.shape[0] // align.shape[0], dim=0)
+        align = align.float()
+        if self.params["swap"]:
+            flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device).reshape(-1, 1, 1, 1)
+            x, y = torch.where(flip, y, x), torch.where(flip, x, y)
+            align = torch.where(flip, align[:, 3:6], align[:, 0:3])
+        else:
+            align = align[:, 0:3]
+        warped, inside = warp_prediction(net(x), align[:, 0:2])
+        weight = inside * (align[:, 2:3] > 0.5)
+        d = warped - y.float()
+        d = d.abs() if self.params["loss"] == "l1" else d ** 2
+        # the mean over aligned pixels (all channels): a patch that is mostly occluded weighs less, not more
+        return (d * weight).sum() / (weight.sum() * d.shape[1]).clamp_min(1.0)
 
     def _subsample_loss(self, net: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         # Sub-images are half size and must still fit the network's downsampling: crop to a multiple of 2 * multiple.
