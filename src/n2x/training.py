@@ -92,6 +92,8 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
     per_epoch = sampler.patches_per_epoch()
     history: dict = {"step": [], "loss": [], "elapsed": [], "val_step": [], "val_loss": [], "val_elapsed": [],
                      "lr": [], "precision": precision_name(amp)}
+    if method.deterministic_loss:
+        val_repeats = 1
     if steps is not None:  # a validation every few steps at least, not every step of a short run
         n_validations = max(1, min(n_validations, steps // 5))
     best_state, best_val, best_step = None, math.inf, 0
@@ -195,8 +197,9 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
         history["val_elapsed"].append(round(time.perf_counter() - t0, 3))
         # A run that reached its end has annealed its learning rate: its final weights are kept unless an earlier
         # checkpoint validated clearly better (overfitting), not by the noise of a small validation set.
-        margin = 1.0 if stopped else 1.0 + final_margin
-        if val <= best_val * margin or best_state is None:
+        # (relative to the size of the loss: a likelihood loss can be negative)
+        margin = 0.0 if stopped else final_margin
+        if val <= best_val + margin * abs(best_val) or best_state is None:
             best_val, best_step, best_state = val, step, None
     if best_state is not None:
         net.load_state_dict(best_state)

@@ -35,6 +35,8 @@ class Method:
     default_patch: ClassVar[dict[int, tuple[int, ...]] | None] = None
     #: patches per step with ``default_patch``, by number of spatial dims (None: the engine's default)
     default_batch: ClassVar[dict[int, int] | None] = None
+    #: whether :meth:`loss` draws nothing at random (no masks): validation then needs one draw, not several
+    deterministic_loss: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.params = dict(params)
