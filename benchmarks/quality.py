@@ -41,20 +41,26 @@ def metrics(pred: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
             float(structural_similarity(clean, pred, data_range=1)))
 
 
-def run_method(key: str, clean, a, b, budget: float, seed: int, options: dict) -> dict:
-    method, extra = METHODS[key](a, b)
-    axes = "YX" if a.ndim == 2 else "ZYX"
+def train_and_score(noisy: np.ndarray, axes: str, method: str, clean: np.ndarray, **train_options) -> dict:
+    """Train ``method`` on ``noisy`` (CPU), denoise ``noisy`` with it, and score against ``clean``: PSNR, SSIM,
+    training and set-up seconds, steps, prediction seconds, patches per second and the step kept."""
     t0 = time.perf_counter()
-    model = n2x.train(a, axes, method, time=budget, seed=seed, device="cpu", **extra, **options)
+    model = n2x.train(noisy, axes, method, device="cpu", **train_options)
     t_total = time.perf_counter() - t0
     t1 = time.perf_counter()
-    pred = n2x.denoise(model, a)
+    pred = n2x.denoise(model, noisy)
     t_pred = time.perf_counter() - t1
     p, s = metrics(pred, clean)
     h = model.history
     return {"psnr": p, "ssim": s, "train_s": h["train_seconds"], "setup_s": t_total - h["train_seconds"],
             "steps": h["steps"], "pred_s": t_pred, "patches_per_s": h["patches_per_second"],
             "best_step": h["best_step"]}
+
+
+def run_method(key: str, clean, a, b, budget: float, seed: int, options: dict) -> dict:
+    method, extra = METHODS[key](a, b)
+    return train_and_score(a, "YX" if a.ndim == 2 else "ZYX", method, clean, time=budget, seed=seed, **extra,
+                           **options)
 
 
 def run_baseline(key: str, clean, a, kind: str) -> dict:

@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import devset  # noqa: E402
+from quality import metrics, train_and_score  # noqa: E402
 
-import n2x  # noqa: E402
 from n2x.data.flow import align_pair  # noqa: E402
 
 METHODS = {
@@ -37,27 +37,11 @@ METHODS = {
 CONDITIONS = ("moving/G25", "moving/PG", "static/G25")
 
 
-def metrics(pred: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    ssim = np.mean([structural_similarity(c, p, data_range=1) for c, p in zip(clean, pred)])
-    return float(peak_signal_noise_ratio(clean, pred, data_range=1)), float(ssim)
-
-
 def run_method(key: str, clean: np.ndarray, noisy: np.ndarray, budget: float, seed: int,
                steps: int | None = None) -> dict:
     method, extra = METHODS[key]
     length = {"steps": steps} if steps else {"time": budget}
-    t0 = time.perf_counter()
-    model = n2x.train(noisy, "TYX", method, seed=seed, device="cpu", **length, **extra)
-    t_total = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    pred = n2x.denoise(model, noisy)
-    t_pred = time.perf_counter() - t1
-    p, s = metrics(pred, clean)
-    h = model.history
-    return {"psnr": p, "ssim": s, "train_s": h["train_seconds"], "setup_s": t_total - h["train_seconds"],
-            "steps": h["steps"], "pred_s": t_pred}
+    return train_and_score(noisy, "TYX", method, clean, seed=seed, **length, **extra)
 
 
 def flow_cost(noisy: np.ndarray, n_pairs: int = 4) -> float:

@@ -36,7 +36,8 @@ def test_settings_module_is_qt_free():
 
 def test_defaults_come_from_the_engine():
     s = TrainSettings()
-    assert s.method == ("n2v2" if "n2v2" in api.method_names() else api.method_names()[0])
+    assert s.method == api.AUTO_METHOD  # the noise probe chooses (issue 14)
+    assert s.method_values() == {} and s.training_kwargs()["method"] == api.AUTO_METHOD
     assert s.length_unit == "minutes" and s.length == api.DEFAULT_SECONDS / 60
     for o in api.TRAIN_OPTIONS:
         if o.name not in st.LENGTH_NAMES:
@@ -47,7 +48,8 @@ def test_defaults_come_from_the_engine():
         for o in api.method_info(name).options:
             if o.type != "image" and o.name != "pairs":
                 assert values[o.name] == o.default, (name, o.name)
-    assert DenoiseSettings().options == {"tile": None, "halo": None, "device": "auto", "output": "auto"}
+    assert DenoiseSettings().options == {"tile": None, "halo": None, "device": "auto", "output": "auto",
+                                         "scheduler": None}
 
 
 def test_training_kwargs_by_default():

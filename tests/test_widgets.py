@@ -444,7 +444,7 @@ def test_train_widget_is_bound_to_its_settings(qtbot, train_widget, settings_dir
     assert again.methods.combo.currentData() == "n2v" and again.control("batch_size").value() == 6
     assert again.control("mask_fraction").value() == pytest.approx(0.05)
     labels = [again.methods.combo.itemText(i) for i in range(again.methods.combo.count())]
-    assert labels == [api.method_info(name).label for name in api.method_names()]
+    assert labels == ["Auto (from the noise)"] + [api.method_info(name).label for name in api.method_names()]
 
 
 def test_denoise_widget_folder_uses_the_planner(qtbot, make_napari_viewer, models, tmp_path, cells):

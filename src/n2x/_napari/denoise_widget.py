@@ -321,7 +321,7 @@ class DenoiseWidget(DockJoiner, QWidget):
                 self.viewer, entry.model, model_entry=entry, axes=self.axes_edit.text().strip().upper() or None,
                 tile=s.value("tile"),
                 halo=s.value("halo"), device=s.value("device"), output=s.value("output"),
-                save_to=self.save_edit.text().strip() or None, overwrite=s.overwrite,
+                save_to=self.save_edit.text().strip() or None, overwrite=s.overwrite, scheduler=s.value("scheduler"),
                 on_progress=self._on_progress, on_finished=self._on_finished, **kwargs)
             self.job.start()
         except N2xError as exc:

@@ -1,7 +1,8 @@
 """The Train widget's method chooser and each method's option panel, generated from the methods' declarations.
 
-The combo lists :func:`n2x.api.method_names` (filled when the widget is created, so a method registered at run time
-with :func:`n2x.api.register_method` is there), labelled and described by :func:`n2x.api.method_info`. Each method's
+The combo lists "Auto (from the noise)" first, then :func:`n2x.api.method_names` (filled when the widget is created,
+so a method registered at run time with :func:`n2x.api.register_method` is there), labelled and described by
+:func:`n2x.api.method_info`. Each method's
 options (:attr:`n2x.api.MethodInfo.options`) become an :class:`~.option_panel.OptionPanel` bound to
 :class:`~.settings.TrainSettings`; options of a design (AP-BSN's ``"box"``/``"pd"``) are enabled only when that design
 is chosen, and N2N's partner (another layer, or pairs formed inside the image) drives its ``target``/``pairs``/
@@ -19,10 +20,12 @@ from n2x.errors import N2xError
 
 from ._common import hint_label, layer_control, layer_data
 from .option_panel import OptionControl, OptionPanel
-from .settings import PARTNER_LAYER, TrainSettings, chosen_design, has_partner, option_enabled
+from .settings import (PARTNER_LAYER, TrainSettings, chosen_design, has_partner, method_info, method_names,
+                       option_enabled)
 
 PARTNER_WORDS = {PARTNER_LAYER: "another layer", "adjacent": "adjacent frames / planes",
-                 "even-odd": "even / odd frames", "subsample": "sub-sampling one image"}
+                 "even-odd": "even / odd frames", "subsample": "sub-sampling one image",
+                 "f2f": "neighbouring frames, motion compensated"}
 CHOICE_WORDS = {"replacement": {None: "auto (the method's)"}, "loss": {"l2": "L2 (zero-mean noise)",
                                                                       "l1": "L1 (median-preserving, outliers)"}}
 
@@ -56,8 +59,8 @@ class MethodSection:
             QVBoxLayout(part).setContentsMargins(0, 0, 0, 0)
         self.panels: dict[str, OptionPanel] = {}
         self.infos: dict[str, api.MethodInfo] = {}
-        for name in api.method_names():
-            info = self.infos[name] = api.method_info(name)
+        for name in method_names():
+            info = self.infos[name] = method_info(name)
             self.combo.addItem(info.label, name)
             self.combo.setItemData(self.combo.count() - 1, info.description or info.label,
                                    Qt.ItemDataRole.ToolTipRole)

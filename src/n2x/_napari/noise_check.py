@@ -1,5 +1,6 @@
-"""The Train widget's noise check: measure the layer's noise (:func:`n2x.api.probe_noise`) in a worker, show the
-report under the method and offer to switch to the method it recommends."""
+"""The Train widget's noise check: measure the layer's noise (:func:`n2x.api.probe_noise`: level, correlation, the
+fitted noise model and how well it fits) in a worker, show the report under the method and offer to switch to the
+method it recommends (the one "Auto" would train)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -95,7 +96,8 @@ class NoiseCheck:
             return
         rec = getattr(report, "recommended", None)
         current = self.settings.method
-        follows = rec is None or rec == current or (rec == "n2v" and current in ("n2v", "n2v2", "n2n"))
+        follows = (rec is None or rec == current or current == api.AUTO_METHOD
+                   or (rec in ("n2v", "bsn") and current in ("n2v", "n2v2", "n2n", "bsn")))
         if rec == "apbsn" and current == "apbsn" and getattr(report, "stride", None):
             follows = self._stride_follows(int(report.stride))
         self.label.setVisible(True)
@@ -121,11 +123,28 @@ class NoiseCheck:
         self.show(report)
 
 
+def _model_words(report: Any) -> str:
+    """The fitted noise model in a few words: ``Poisson-Gaussian (gain 0.05, read σ 0.02, fit R² 0.99)``."""
+    model = getattr(report, "noise_model", None)
+    fits = getattr(report, "noise_fits", None) or []
+    quality = f", fit R² {fits[0].r2:.2f}" if fits else ""
+    if getattr(model, "kind", None) == "poisson-gaussian":
+        return f"Poisson-Gaussian (gain {model.gain:.3g}, read σ {model.read_sigma:.3g}{quality})"
+    if getattr(model, "kind", None) == "gaussian":
+        return "Gaussian"
+    return ""
+
+
 def verdict(report: Any) -> str:
-    """The noise check's one line: the noise level, whether it is correlated, and the method that fits."""
+    """The noise check's one line: the noise level and model, whether it is correlated, and the method that fits."""
     sigma = getattr(report, "sigma", None)
     level = f"noise σ {sigma:.3g}" if isinstance(sigma, (int, float)) else "noise measured"
+    words = _model_words(report)
+    level = f"{level}, {words}" if words else level
     length = getattr(report, "correlation_length", 0) or 0
-    if getattr(report, "recommended", None) == "apbsn":
+    rec = getattr(report, "recommended", None)
+    if rec == "apbsn":
         return f"{level}, correlated over {length} px: AP-BSN fits (stride {report.stride})"
-    return f"{level}, independent from pixel to pixel: N2V / N2V2 fit"
+    name = api.method_info(rec).label if rec in api.method_names() else "N2V / N2V2"
+    vst = " with the Anscombe transform" if "Anscombe" in api.choose_method(None, None, report=report).reason else ""
+    return f"{level}, independent from pixel to pixel: {name}{vst} fits"

@@ -67,6 +67,9 @@ DENOISE_OPTIONS: tuple[api.Option, ...] = (
     api.Option("output", "str", "auto", "automatic: small results stay in memory, large ones are written chunk by "
                "chunk to an OME-Zarr (a temporary folder unless “Save to” is set) and shown while it fills; the "
                "same rule as the command line", label="Output", choices=("auto", "tiff", "zarr")),
+    api.Option("scheduler", "str", None, "address of a dask scheduler (e.g. tcp://head:8786): the chunks of a file "
+               "or folder input run on its workers, and the result fills in here as they finish; empty: this "
+               "computer (auto)", label="Dask scheduler"),
 )
 #: Settings never remembered between sessions: replacing files must be chosen each time.
 NOT_PERSISTED = ("overwrite",)
@@ -77,10 +80,28 @@ PARTNER_LAYER = "layer"
 PAIRS_ALONG = ("adjacent", "even-odd")
 
 
+AUTO_LABEL = "Auto (from the noise)"
+AUTO_DESCRIPTION = ("The noise probe chooses when training starts, and says why: the all-pixel blind-spot method for "
+                    "pixel-independent noise (with the Anscombe transform for Poisson-Gaussian noise), AP-BSN for "
+                    "spatially correlated noise. Choose N2N for a partner image.")
+
+
+def method_names() -> tuple[str, ...]:
+    """The widget's method choices: auto, then the registered methods."""
+    return (api.AUTO_METHOD, *api.method_names())
+
+
+def method_info(name: str) -> api.MethodInfo:
+    """The declaration of method ``name``; auto (the widget's first choice: the noise probe decides when training
+    starts, :func:`n2x.api.choose_method`) declares no options."""
+    if name == api.AUTO_METHOD:
+        return api.MethodInfo(api.AUTO_METHOD, AUTO_LABEL, AUTO_DESCRIPTION, ())
+    return api.method_info(name)
+
+
 def default_method() -> str:
-    """N2V2 where it is registered (independent noise without checkerboard artefacts), else the first method."""
-    names = api.method_names()
-    return "n2v2" if "n2v2" in names else (names[0] if names else "")
+    """Auto: the noise probe chooses."""
+    return api.AUTO_METHOD
 
 
 def option_defaults(options: Iterable[api.Option]) -> dict[str, Any]:
@@ -143,7 +164,7 @@ def method_kwargs(method: str, values: Mapping[str, Any], images: Mapping[str, A
     declared default are left out (the engine applies its defaults: what is passed is what the user changed); an
     image option takes its array from ``images`` (the layers chosen in the widget). OptionError for a bad value.
     """
-    info = api.method_info(method)
+    info = method_info(method)
     images = images or {}
     partner = has_partner(info.options)
     design = chosen_design(info.options, values)
@@ -213,7 +234,7 @@ class TrainSettings:
     def method_values(self, method: str | None = None) -> dict[str, Any]:
         """The option values of ``method`` (default: the chosen one): its declared defaults, then the user's."""
         method = method or self.method
-        options = api.method_info(method).options
+        options = method_info(method).options
         values = {**option_defaults(options), **self.method_options.get(method, {})}
         if has_partner(options) and values.get("pairs") is None:
             values["pairs"] = default_partner(options)
@@ -278,7 +299,7 @@ class TrainSettings:
 
     def update_from(self, data: Mapping[str, Any]) -> None:
         """Take the stored values that are still valid (known method, declared options, values in range)."""
-        names = api.method_names()
+        names = method_names()
         if data.get("method") in names:
             self.method = data["method"]
         if data.get("length_unit") in LENGTH_UNITS:
@@ -292,7 +313,7 @@ class TrainSettings:
             kept = {}
             for method, values in stored.items():
                 if method in names and isinstance(values, dict):
-                    options = api.method_info(method).options
+                    options = method_info(method).options
                     extra = {"pairs": [PARTNER_LAYER]} if has_partner(options) else None
                     valid = _parsed_or_default(options, values, extra)
                     kept[method] = {k: v for k, v in valid.items() if k in values}

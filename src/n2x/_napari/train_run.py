@@ -10,7 +10,7 @@ from typing import Any, Generator
 import numpy as np
 
 from napari.layers import Image
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 
 from n2x import api
 from n2x.errors import N2xError
@@ -24,8 +24,12 @@ from .workers import N2xWorkerError, start_worker
 
 def train_steps(data: Any, axes: str, method: str, kw: dict[str, Any], region: PreviewRegion | None,
                 should_stop: Any) -> Generator[tuple[Any, tuple | None], None, Any]:
-    """Worker body: train, yielding ``(TrainProgress, preview region index)``; returns the model."""
-    gen = api.train_iter(data, axes, method, should_stop=should_stop,
+    """Worker body: resolve the method (``auto``: the noise probe chooses) and yield ``(MethodChoice, None)``, then
+    train, yielding ``(TrainProgress, preview region index)``; returns the model."""
+    choice = api.choose_method(data, axes, method, target=kw.get("target"), pairs=kw.get("pairs"),
+                               vst=kw.get("vst", "auto"))
+    yield choice, None
+    gen = api.train_iter(data, axes, choice, should_stop=should_stop,
                          preview=region.read if region is not None else None, **kw)
     while True:
         try:
@@ -47,6 +51,9 @@ class TrainRun:
 
     def _on_progress(self, item: tuple) -> None:
         p, index = item
+        if isinstance(p, api.MethodChoice):
+            self._on_method_chosen(p)
+            return
         self.plot.add(p.step, p.loss, p.val_loss, p.total_steps)
         self.progress.setValue(int(1000 * min(1.0, p.fraction)))
         remaining = ""
@@ -65,6 +72,13 @@ class TrainRun:
                 self._show_preview(raw, index, waiting=True)
             else:
                 self._show_preview(p.preview, index)
+
+    def _on_method_chosen(self, choice: Any) -> None:
+        """``auto`` has chosen: say which method and why (a notification and the status line)."""
+        if not choice.automatic:
+            return
+        show_info(f"n2x: {choice.reason}")
+        self.status.setText(f"{choice.reason[:1].upper()}{choice.reason[1:]}; preparing patches…")
 
     def _denoise_trained(self, layer: Image) -> None:
         self.progress.setRange(0, 0)

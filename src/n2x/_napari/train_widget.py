@@ -34,7 +34,7 @@ from .method_section import MethodSection
 from .noise_check import NoiseCheck
 from .option_panel import OptionPanel
 from .preview import PreviewRegion, camera
-from .settings import COMMON_OPTIONS, LENGTH_UNITS, TrainSettings, load_settings
+from .settings import COMMON_OPTIONS, LENGTH_UNITS, TrainSettings, load_settings, method_info, method_names
 from .state import MODELS
 from .train_run import TrainRun
 from .words import error_text
@@ -210,7 +210,7 @@ class TrainWidget(TrainRun, DockJoiner, QWidget):
 
     def set_method(self, key: str) -> None:
         """Choose method ``key`` (a registered name)."""
-        if key in api.method_names():
+        if key in method_names():
             self.settings.method = key
 
     def set_length(self, value: float, unit: str) -> None:
@@ -258,7 +258,7 @@ class TrainWidget(TrainRun, DockJoiner, QWidget):
         self.train_btn.setToolTip("Stop now and keep the best model so far")
         self.progress.setValue(0)
         self.progress.setFormat("preparing patches…")
-        self.status.setText(f"Training {api.method_info(method).label} on {layer.name!r}…")
+        self.status.setText(f"Training {method_info(method).label} on {layer.name!r}…")
         self._started = time.monotonic()
         self._training = True
         self.worker = self.start_training(layer_data(layer), axes, method, kw)

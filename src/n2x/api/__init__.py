@@ -2,7 +2,8 @@
 notebooks call these functions and nothing below them.
 
 Training: :func:`train`, :func:`train_iter` (options: :data:`TRAIN_OPTIONS` and each method's declared options,
-:func:`method_info`), :func:`probe_noise`, and the one rule for what can be trained on (:func:`check_trainable`).
+:func:`method_info`), :func:`probe_noise` (the noise model), :func:`choose_method` (``method="auto"``), and the
+one rule for what can be trained on (:func:`check_trainable`).
 Models: :func:`load_model`, :func:`save_model`,
 :func:`export_bioimageio` (a BioImage Model Zoo package). Denoising: :func:`denoise` (in memory),
 :func:`denoise_volume`/:func:`iter_denoise_volume` (any size, chunk by chunk), :func:`denoise_files` (files, globs and
@@ -24,7 +25,8 @@ _WHERE: dict[str, str] = {
     **dict.fromkeys(("BatchEvent", "BatchSummary", "FileResult", "PlanItem", "expand_inputs", "input_paths",
                      "is_batch_job", "output_format", "output_stem", "plan_batch"), "batch"),
     **dict.fromkeys(("Layout", "check_dtype", "guess_axes", "make_layout"), "data.axes"),
-    **dict.fromkeys(("NoiseReport", "probe_noise"), "data.probe"),
+    "NoiseReport": "data.noise_report",
+    **dict.fromkeys(("MethodChoice", "choose_method", "probe_noise"), "api._auto"),
     "noisy_sample": "data.samples",
     **dict.fromkeys(("DEVICE_CHOICES", "PRECISION_CHOICES", "available_devices", "is_out_of_memory"), "device"),
     "parse_duration": "durations",
@@ -40,7 +42,7 @@ _WHERE: dict[str, str] = {
     **dict.fromkeys(("as_model", "load_model", "model_file_path", "save_model"), "api._models"),
     **dict.fromkeys(("export_bioimageio", "export_path"), "api._export"),
     **dict.fromkeys(("train", "train_iter"), "api._training"),
-    **dict.fromkeys(("DEFAULT_SECONDS", "TRAIN_OPTIONS"), "api._options"),
+    **dict.fromkeys(("AUTO_METHOD", "DEFAULT_SECONDS", "TRAIN_OPTIONS", "VST_CHOICES"), "api._options"),
     **dict.fromkeys(("ResultView", "open_result"), "api._results"),
     **dict.fromkeys(("MIN_TRAIN_SIZE", "check_trainable", "check_values", "input_axes", "prepare_training",
                      "cells_sample"), "api._checks"),
@@ -49,7 +51,7 @@ _WHERE: dict[str, str] = {
 __all__ = [
     "train", "train_iter", "TrainProgress", "TRAIN_OPTIONS", "DEFAULT_SECONDS",
     "method_names", "method_info", "MethodInfo", "register_method", "unregister_method", "Option", "AUTO",
-    "parse_shape", "probe_noise", "NoiseReport",
+    "parse_shape", "probe_noise", "NoiseReport", "choose_method", "MethodChoice", "AUTO_METHOD", "VST_CHOICES",
     "Model", "load_model", "save_model", "as_model", "model_file_path", "export_bioimageio", "export_path",
     "denoise", "denoise_volume", "iter_denoise_volume", "VolumeProgress",
     "denoise_files", "BatchEvent", "BatchSummary", "FileResult", "PlanItem", "plan_batch", "expand_inputs",
@@ -81,7 +83,7 @@ if TYPE_CHECKING:  # for type checkers and import-linter's picture of the layers
     from ..batch import (BatchEvent, BatchSummary, FileResult, PlanItem, expand_inputs, input_paths,  # noqa: F401
                          is_batch_job, output_format, output_stem, plan_batch)
     from ..data.axes import Layout, check_dtype, guess_axes, make_layout  # noqa: F401
-    from ..data.probe import NoiseReport, probe_noise  # noqa: F401
+    from ..data.noise_report import NoiseReport  # noqa: F401
     from ..data.samples import noisy_sample  # noqa: F401
     from ..device import DEVICE_CHOICES, PRECISION_CHOICES, available_devices, is_out_of_memory  # noqa: F401
     from ..durations import parse_duration  # noqa: F401
@@ -92,11 +94,12 @@ if TYPE_CHECKING:  # for type checkers and import-linter's picture of the layers
     from ..model import Model  # noqa: F401
     from ..options import AUTO, Option, parse_shape  # noqa: F401
     from ..training import TrainProgress  # noqa: F401
+    from ._auto import MethodChoice, choose_method, probe_noise  # noqa: F401
     from ._checks import (MIN_TRAIN_SIZE, cells_sample, check_trainable, check_values, input_axes,  # noqa: F401
                           prepare_training)
     from ._denoising import denoise, denoise_files, denoise_volume, iter_denoise_volume  # noqa: F401
     from ._export import export_bioimageio, export_path  # noqa: F401
     from ._models import as_model, load_model, model_file_path, save_model  # noqa: F401
-    from ._options import DEFAULT_SECONDS, TRAIN_OPTIONS  # noqa: F401
+    from ._options import AUTO_METHOD, DEFAULT_SECONDS, TRAIN_OPTIONS, VST_CHOICES  # noqa: F401
     from ._results import ResultView, open_result  # noqa: F401
     from ._training import train, train_iter  # noqa: F401

@@ -12,6 +12,11 @@ from ..options import Option
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 PRECISION_CHOICES = ("auto", "float32", "bfloat16")
 
+#: ``vst``: the generalised Anscombe transform around the method (auto: when the probe finds Poisson-Gaussian noise)
+VST_CHOICES = ("auto", "on", "off")
+#: the method name that lets the noise probe choose (:func:`n2x.api.choose_method`)
+AUTO_METHOD = "auto"
+
 DEFAULT_SECONDS = 180.0
 #: default training patches and patches per step. In 2D many small patches: at equal pixels per step, 64 patches of
 #: 32 x 32 train N2V and N2N better than 16 of 64 x 64 or 4 of 128 x 128 (camera/G25 at 180 s: N2V 28.2 / 28.0 /
@@ -45,6 +50,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
            choices=(2, 3), auto=True),
     Option("normalization", "str", "meanstd", "how intensities are normalised: meanstd (mean and standard "
            "deviation) or percentile (1st to 99.8th percentile)", choices=("meanstd", "percentile"), advanced=True),
+    Option("vst", "str", "auto", "variance-stabilising transform (generalised Anscombe, exact unbiased inverse) "
+           "around the method: auto (on when the noise probe finds Poisson-Gaussian noise), on or off",
+           label="Variance stabilisation", choices=VST_CHOICES, advanced=True),
     Option("val_fraction", "float", VAL_FRACTION, "share of the data held out for validation",
            label="Validation share", range=(0.0, 0.5), advanced=True),
     Option("max_memory", "float", MAX_MEMORY, "training patches kept in memory; larger data are sampled lazily",

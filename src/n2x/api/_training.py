@@ -1,6 +1,7 @@
 """Training through the api: check the data and options, build the method and its network, run the loop."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import warnings
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ from ..model import Model
 from ..options import parse_options
 from ..training import TrainProgress, fit, import_optimiser_support
 
+from ._auto import MethodChoice, choose_method, fit_vst_normalization, noise_config, probe_quietly, resolve_vst
 from ._options import (DEFAULT_BATCH, DEFAULT_PATCH, DEFAULT_SECONDS, LEARNING_RATE,  # noqa: F401
                        MAX_DEFAULT_BATCH, MAX_MEMORY, PREVIEW_EVERY, TRAIN_OPTIONS, VAL_FRACTION)
 
@@ -63,11 +65,12 @@ def _data_hash(images: list, layouts: list[Layout]) -> str:
     return h.hexdigest()
 
 
-def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
+def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice = "n2v", *,
                time: str | float | None = None, steps: int | None = None, epochs: float | None = None,
                patch_size: Sequence[int] | int | None = None, batch_size: int | None = None,
                learning_rate: float = LEARNING_RATE, network: dict | None = None, channels: str = "independent",
-               dims: int | None = None, normalization: str = "meanstd", val_fraction: float = VAL_FRACTION,
+               dims: int | None = None, normalization: str = "meanstd", vst: str = "auto",
+               val_fraction: float = VAL_FRACTION,
                max_memory: float = MAX_MEMORY, device: str | torch.device | None = "auto", seed: int | None = None,
                precision: str = "auto", should_stop: Callable[[], bool] | None = None,
                preview: np.ndarray | Callable[[], np.ndarray | None] | None = None,
@@ -77,13 +80,17 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
 
     ``images``: one array or a list of arrays (numpy, dask, zarr: read lazily, at most ``max_memory`` bytes of
     patches in memory) with axes ``axes`` (``S T C Z Y X``). ``method``: a registered method (``n2v``, ``n2v2``,
-    ``n2n``, ``apbsn``...); its declared options (:func:`n2x.api.method_info`, e.g. ``mask_fraction`` for N2V, or
-    ``target``/``pairs``/``along`` for N2N) go in ``method_options``, and an option it does not declare is an
-    :class:`~n2x.errors.OptionError`. The other keywords are :data:`TRAIN_OPTIONS`. Length: one of
-    ``time`` (seconds or text like ``"3m"``), ``steps`` or ``epochs`` (passes over the training pixels); default
-    180 s. ``channels``: ``"independent"`` (one network applied per channel) or ``"joint"``. ``dims``: 2 or 3
-    (default 3 when there is a Z axis). ``precision``: mixed precision in training, ``"auto"`` (bfloat16 on CUDA
-    and on CPUs with hardware bfloat16; see :func:`n2x.device.autocast_dtype`), ``"float32"`` or ``"bfloat16"``.
+    ``n2n``, ``apbsn``...), ``"auto"`` (the noise probe chooses: :func:`n2x.api.choose_method`) or a
+    :class:`~n2x.api.MethodChoice` that function returned; its declared options (:func:`n2x.api.method_info`, e.g.
+    ``mask_fraction`` for N2V, or ``target``/``pairs``/``along`` for N2N) go in ``method_options``, and an option
+    it does not declare is an :class:`~n2x.errors.OptionError`. The other keywords are :data:`TRAIN_OPTIONS`.
+    Length: one of ``time`` (seconds or text like ``"3m"``), ``steps`` or ``epochs`` (passes over the training
+    pixels); default 180 s. ``channels``: ``"independent"`` (one network applied per channel) or ``"joint"``.
+    ``dims``: 2 or 3 (default 3 when there is a Z axis). ``precision``: mixed precision in training, ``"auto"``
+    (bfloat16 on CUDA and on CPUs with hardware bfloat16; see :func:`n2x.device.autocast_dtype`), ``"float32"`` or
+    ``"bfloat16"``.
+    ``vst``: ``"auto"`` (the generalised Anscombe transform when the probe finds Poisson-Gaussian noise), ``"on"`` or
+    ``"off"``; recorded in the model file (``normalization``, ``noise``).
     ``preview``: a raw region ``(C, *spatial)`` (or a function returning the
     current one) denoised every ``preview_every`` seconds into ``TrainProgress.preview``. ``should_stop`` is
     polled between steps; the best model so far is returned.
@@ -94,16 +101,18 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     common = parse_options(TRAIN_OPTIONS, {
         "patch_size": patch_size, "batch_size": batch_size,
         "learning_rate": learning_rate, "channels": channels, "dims": dims,
-        "normalization": normalization, "val_fraction": val_fraction, "max_memory": max_memory,
+        "normalization": normalization, "vst": vst, "val_fraction": val_fraction, "max_memory": max_memory,
         "precision": precision, "seed": seed, "steps": steps, "epochs": epochs}, "training")
     defaults = {o.name: o.default for o in TRAIN_OPTIONS}
     # From here on the checked values (a front door may pass text: "8" steps, "0.01" learning rate)
-    learning_rate, channels, normalization, val_fraction, max_memory, precision, seed, steps, epochs = (
-        common.get(k, defaults[k]) for k in ("learning_rate", "channels", "normalization", "val_fraction",
+    learning_rate, channels, normalization, vst, val_fraction, max_memory, precision, seed, steps, epochs = (
+        common.get(k, defaults[k]) for k in ("learning_rate", "channels", "normalization", "vst", "val_fraction",
                                              "max_memory", "precision", "seed", "steps", "epochs"))
     images = _as_list(images)
     if not images:
         raise InputError("no training images were given")
+    choice = _resolve_method(images, axes, method, method_options, vst)
+    method = choice.name
     meth, data_options = _build_method(method, method_options)
     target, pairs, along = (data_options.get(k) for k in ("target", "pairs", "along"))
     dims = meth.spatial_dims(common.get("dims"), pairs=pairs, along=along)  # e.g. AP-BSN is 2D: Z planes become samples
@@ -147,8 +156,10 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
         batch_size = _default_batch(patch, want_patch, want_batch)
     batch_size = int(batch_size)
     sources = meth.make_sources(images, layouts, target=target, pairs=pairs, along=along)
+    transforms = resolve_vst(vst, choice.report, method)
+    vst_norm = fit_vst_normalization(images, layouts, normalization, transforms) if transforms else None
     sampler = PatchSampler(sources, patch, max_memory=max_memory, val_fraction=val_fraction,
-                           normalization=normalization, seed=seed)
+                           normalization=normalization, seed=seed, norm=vst_norm)
     # A constant image trains to an identity and says nothing; say it. A warning, not an error: the raw regions the
     # sampler read (all of a small image, a sample of a large one) are what the statement is about.
     flat = sampler.constant_value()
@@ -185,6 +196,8 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
         "n_channels": n_ch,
         "patch_shape": list(patch),
         "normalization": norm.to_dict(),
+        "noise": noise_config(choice.report, transforms),
+        "method_choice": choice.to_config(),
         "package_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "training": {
@@ -201,6 +214,19 @@ def train_iter(images: Any, axes: str | None = None, method: str = "n2v", *,
     return _finish(steps_gen, meth, config, dev,
                    partial(meth.calibrate, val_patches=sampler.val_patches, scale=norm.scale, device=dev,
                            fold_channels=channels == "independent"))
+
+
+def _resolve_method(images: list, axes: str | None, method: str | MethodChoice, options: dict[str, Any],
+                    vst: str) -> MethodChoice:
+    """The method to train, with the noise probe's report where ``method`` is ``"auto"`` or ``vst`` is ``"auto"``
+    or ``"on"`` (one probe serves both)."""
+    choice = method
+    if not isinstance(choice, MethodChoice):
+        choice = choose_method(images, axes, method, target=options.get("target"), pairs=options.get("pairs"),
+                               vst=vst)
+    if choice.report is None and vst != "off":
+        choice = dataclasses.replace(choice, report=probe_quietly(images, axes))
+    return choice
 
 
 def _build_method(name: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -22,7 +22,7 @@ def add_tool_parsers(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("probe", help="measure the noise of an image and recommend a method")
+    p = sub.add_parser("probe", help="measure the noise of an image, fit its noise model and recommend a method")
     p.add_argument("image", help="image file: TIFF, OME-TIFF, zarr, OME-Zarr")
     p.add_argument("--axes", help="axes of the image, e.g. YX, ZYX, TYX, CYX (default: from the file)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -63,10 +63,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """Measure an image's noise level and correlation and print the recommended method."""
+    """Measure an image's noise level, correlation and noise model; print the method ``--method auto`` trains."""
     info = api.open_image(args.image)
-    report = api.probe_noise(info.data, args.axes.upper() if args.axes else info.axes)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    axes = args.axes.upper() if args.axes else info.axes
+    report = api.probe_noise(info.data, axes)
+    choice = api.choose_method(info.data, axes, api.AUTO_METHOD, report=report)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "auto": choice.to_config()}, indent=2))
+    else:
+        print(report.summary())
+        print(choice.reason)
     return 0
 
 
@@ -79,7 +85,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         method["box_filter"] = f"{k} x {k}, centre weight {method['box_filter'][k // 2][k // 2]:.3f}"
     summary = {"method": method, "network": c["network"], "axes": c["axes"], "spatial": c["spatial"],
                "channels": c["channels"], "n_channels": c["n_channels"], "patch_shape": c["patch_shape"],
-               "normalization": c["normalization"], "package_version": c.get("package_version"),
+               "normalization": c["normalization"], "noise": c.get("noise"), "method_choice": c.get("method_choice"),
+               "package_version": c.get("package_version"),
                "steps": model.history.get("steps"), "best_val_loss": model.history.get("best_val_loss"),
                "precision": c.get("training", {}).get("precision", "float32"),
                "halo": model.halo}

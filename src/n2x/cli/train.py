@@ -26,7 +26,9 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="model file to write (.n2x)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("--method", default="n2v", help=f"one of {', '.join(api.method_names())} (default n2v)")
+    p.add_argument("--method", default=api.AUTO_METHOD,
+                   help=f"auto (the noise probe chooses, and says why) or one of {', '.join(api.method_names())} "
+                        "(default auto)")
     p.add_argument("--axes", help="axes of the image, e.g. YX, ZYX, TYX, CYX (default: from the file)")
     length = p.add_mutually_exclusive_group()
     common = p.add_argument_group("training")
@@ -36,20 +38,35 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                    method_owners=add_method_options(p, [api.method_info(n) for n in api.method_names()]))
 
 
-def _method_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The method flags given on the command line; a flag of another method is an error, not silently dropped."""
+def _method_options(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The method flags given on the command line, for ``method`` (what ``--method`` resolved to); a flag of another
+    method is an error, not silently dropped."""
     owners: dict[str, list[str]] = args.method_owners
     options = given(args, list(owners))
-    info = api.method_info(args.method)  # an unknown method is reported here
+    info = api.method_info(method)  # an unknown method is reported here
+    auto = args.method.lower() == api.AUTO_METHOD
+    chosen = f"--method auto (which chose {info.name})" if auto else f"--method {info.name}"
     for name in options:
         if info.name not in owners[name]:
             flag = "--" + name.replace("_", "-")
-            raise OptionError(f"{flag} does not apply to --method {info.name}; it belongs to "
-                              f"{', '.join(owners[name])}")
+            raise OptionError(f"{flag} does not apply to {chosen}; it belongs to {', '.join(owners[name])}")
     target = options.get("target")
     if isinstance(target, str):
         options["target"] = _open(target, args.axes).data
     return options
+
+
+def _choose(args: argparse.Namespace, infos: list, axes: str) -> Any:
+    """``--method`` resolved (``auto``: by the noise probe, or N2N when a partner flag is given); the one-line
+    reason is printed for ``auto``."""
+    if args.method.lower() != api.AUTO_METHOD:
+        return api.choose_method([i.data for i in infos], axes, args.method)
+    partner = given(args, [n for n in ("target", "pairs") if n in args.method_owners])
+    choice = api.choose_method([i.data for i in infos], axes, api.AUTO_METHOD, target=partner.get("target"),
+                               pairs=partner.get("pairs"), vst=getattr(args, "vst", None) or "auto")
+    if not args.quiet:
+        print(choice.reason)
+    return choice
 
 
 def _open(path: str, axes: str | None) -> Any:
@@ -74,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not any(k in common for k in LENGTH):
         seconds = api.DEFAULT_SECONDS
     common["time"] = seconds if "steps" not in common and "epochs" not in common else None
-    gen = api.train_iter([i.data for i in infos], axes, args.method, **common, **_method_options(args))
+    choice = _choose(args, infos, axes)
+    gen = api.train_iter([i.data for i in infos], axes, choice, **common, **_method_options(args, choice.name))
     steps = int(common["steps"]) if common.get("steps") is not None else None
     if steps is not None:
         total, unit = float(steps), " steps"
@@ -82,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         total, unit = seconds, "s"
     else:
         total, unit = 100.0, "%"
-    bar = progress_bar(total, f"train {args.method}", args.quiet, unit)
+    bar = progress_bar(total, f"train {choice.name}", args.quiet, unit)
 
     def show(pr: Any) -> None:
         bar.n = pr.step if steps is not None else min(total, pr.fraction * total)

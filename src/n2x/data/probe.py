@@ -18,17 +18,28 @@ network learn the noise; so the profile is not read off the residuals but solved
 are linear in the noise's autocovariance at every 2D lag up to 6, through the fit's projection, and that small
 linear system (condition number about 5) gives the noise's own correlation at each lag. Only a few planes (at most 8)
 and a central crop of each (at most 1024 x 1024) are read, so lazy stacks stay on disk.
+
+The noise model (:mod:`n2x.noise`): the same 8 x 8 blocks, all of them, give mean-variance pairs (block mean, noise
+variance from neighbour differences of the residual); :func:`n2x.noise.fit_poisson_gaussian` fits
+``var = gain * mean + intercept`` to them. The kind is
+``"correlated"`` when the correlation length is above 0, else ``"poisson-gaussian"`` when the variance grows with the
+signal significantly (:attr:`n2x.noise.PoissonGaussianFit.signal_dependent`), else ``"gaussian"``.
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..noise import (CorrelatedNoise, GaussianNoise, NoiseModel, PoissonGaussianFit, fit_poisson_gaussian,
+                     selection_factor)
 from .axes import check_dtype, check_finite, make_layout
+from .motion import frame_motion
+from .noise_report import CORRELATED, NoiseReport
+
+__all__ = ["probe_noise", "NoiseReport", "CORRELATED"]
 
 BLOCK = 8
 MAX_LAG = 4
@@ -39,69 +50,11 @@ LONG_QUADRATIC = True
 #: see NoiseReport.texture_ratio
 TEXTURE_RATIO = 1.5
 FLAT_FRACTION = 0.2
-#: the noise counts as correlated when the lag-1 coefficient exceeds this (white noise measures below 0.1 on busy
-#: synthetic images, the dev set's 3 x 3 correlated noise (true 0.67) about 0.4 through the quadratic fit)
-CORRELATED = 0.2
 #: later lags count towards the correlation length above this (on the fit-corrected profile; white noise reads
 #: within +-0.02, signal texture leaks up to about 0.04)
 CORRELATED_LAG = 0.05
 MAX_PLANES = 8
 MAX_SIDE = 1024
-
-
-@dataclass
-class NoiseReport:
-    """What :func:`probe_noise` found.
-
-    ``sigma``: noise standard deviation in the input's intensity units (mean over channels, measured in the
-    flattest regions; for signal-dependent noise it is the level of the darker flat regions). ``correlation``:
-    correlation coefficient of the noise between a pixel and its neighbour at each lag, ``{"Y": {1: r, 2: ...},
-    "X": {...}}``. ``correlation_length``: the largest lag (pixels) up to which the noise stays correlated (above
-    0.05, fit-corrected) along Y or X; 0 for pixel-independent noise. ``recommended``: ``"n2v"`` or ``"apbsn"``. ``stride``: for
-    AP-BSN, the smallest pixel-shuffle stride that exceeds the correlation length (None for N2V).
-    """
-
-    sigma: float
-    correlation: dict[str, dict[int, float]]
-    correlation_length: int
-    recommended: str
-    stride: int | None
-    n_blocks: int = 0
-    #: per channel, the noise's autocovariance in the input's units squared at 2D lags ``(dy, dx)`` up to
-    #: ``LONG_LAG``: a ``(2 * LONG_LAG + 1)``-square nested list, variance at the centre; None when the image is too
-    #: small for the 16 x 16 blocks it is solved from or textured throughout (see texture_ratio)
-    autocovariance: list | None = None
-    #: the noise variance from 16 x 16 blocks over that from 8 x 8 blocks (largest over channels): 1.2-1.4 for noise
-    #: alone; above ``TEXTURE_RATIO`` image texture inflates it and ``autocovariance`` is None
-    texture_ratio: float | None = None
-    sigma_per_channel: list[float] = field(default_factory=list)
-    #: lag-1 correlation of the 8 x 8 quadratic-fit residuals (the robust figure the decision uses)
-    lag1_highpass: float = 0.0
-
-    def summary(self) -> str:
-        """A few lines for people; the last is ``recommended method: n2v`` or ``... apbsn (stride N)``."""
-        lags = sorted(self.correlation.get("X", {}))
-        lines = [f"noise sigma: {self.sigma:.4g} (input units, from {self.n_blocks} flat 8x8 blocks)",
-                 f"lag-1 correlation of the high-pass residual: {self.lag1_highpass:+.2f} (above {CORRELATED}: "
-                 "correlated)"]
-        for ax in ("Y", "X"):
-            vals = ", ".join(f"lag {k}: {self.correlation[ax][k]:+.2f}" for k in lags)
-            lines.append(f"neighbour correlation along {ax}: {vals}")
-        if self.correlation_length == 0:
-            lines.append("correlation length: 0 px (pixel-independent noise)")
-        else:
-            box = 2 * self.correlation_length + 1
-            lines.append(f"correlation length: {self.correlation_length} px (spatially correlated noise: N2V would "
-                         f"learn to reproduce it; AP-BSN hides a {box} x {box} box, or uses this pixel-shuffle stride)")
-        rec = "n2v" if self.recommended == "n2v" else f"apbsn (stride {self.stride})"
-        lines.append(f"recommended method: {rec}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: lags become strings."""
-        d = asdict(self)
-        d["correlation"] = {ax: {str(k): float(v) for k, v in c.items()} for ax, c in self.correlation.items()}
-        return d
 
 
 def _residual_projector(block: int = BLOCK, quadratic: bool = True) -> np.ndarray:
@@ -169,14 +122,18 @@ def probe_noise(image: Any, axes: str | None = None) -> "NoiseReport":
         image = np.asarray(image)
     check_dtype(image.dtype)
     planes = _planes(image, axes)
+    if all(float(np.ptp(p)) == 0 for p in planes):
+        raise InputError(f"the image is too small or too flat to measure its noise: it is constant (every pixel is "
+                         f"{planes[0].flat[0]:g})")
     n_ch = planes[0].shape[0]
     quad, long_fit = _residual_projector(BLOCK, True), _residual_projector(LONG_BLOCK, LONG_QUADRATIC)
-    sigmas, lag1, profile, short_profile, autocov, ratios, n_blocks = [], [], [], [], [], [], 0
+    sigmas, lag1, profile, short_profile, autocov, ratios, fits, n_blocks = [], [], [], [], [], [], [], 0
     for c in range(n_ch):
         flat, var, dof = _flattest([p[c] for p in planes], quad)
+        fits.append(_fit_variance_line([p[c] for p in planes], quad))
         # The flattest fifth of the blocks has a lower variance than the mean by a factor fixed by the chi-square
         # distribution of a block's variance (dof degrees of freedom); undo it.
-        sigmas.append(float(np.sqrt(np.mean(var) * BLOCK ** 2 / dof / _selection_factor(dof))))
+        sigmas.append(float(np.sqrt(np.mean(var) * BLOCK ** 2 / dof / selection_factor(dof))))
         lag1.append(max(_corrected(flat, quad, axis, 1) for axis in (1, 2)))
         short = _noise_autocovariance(flat, BLOCK, MAX_LAG, True)
         short_profile.append([max(short[(k, 0)], short[(0, k)]) / short[(0, 0)] for k in range(1, MAX_LAG + 1)])
@@ -186,13 +143,13 @@ def probe_noise(image: Any, axes: str | None = None) -> "NoiseReport":
             square = _square(cov, LONG_LAG)
             # Like sigma: the flattest blocks hold lower-than-average noise; undo the selection, for the degrees of
             # freedom this correlated noise leaves a block's variance.
-            square = square / _selection_factor(round(_effective_dof(square, long_fit), 1))
+            square = square / selection_factor(round(_effective_dof(square, long_fit), 1))
             # The same variance from the 8 x 8 blocks: correlated noise reads lower there (the quadratic fit in
             # small blocks absorbs more of it), by a factor of 1.2-1.4 on the dev images; image texture inside the
             # 16 x 16 blocks raises the larger-block figure further. Beyond TEXTURE_RATIO the autocovariance is not
             # trusted for what needs its scale (AP-BSN's box filter).
             short_sq = _square(short, MAX_LAG)
-            short_var = short_sq[MAX_LAG, MAX_LAG] / _selection_factor(round(_effective_dof(short_sq, quad), 1))
+            short_var = short_sq[MAX_LAG, MAX_LAG] / selection_factor(round(_effective_dof(short_sq, quad), 1))
             ratios.append(float(square[LONG_LAG, LONG_LAG] / max(short_var, 1e-300)))
             autocov.append(square.tolist())
             rho = {d: v / cov[(0, 0)] for d, v in cov.items()}
@@ -220,11 +177,71 @@ def probe_noise(image: Any, axes: str | None = None) -> "NoiseReport":
             length = k
     recommended = "apbsn" if length > 0 else "n2v"
     stride = length + 1 if recommended == "apbsn" else None
+    autocov_ok = autocov if len(autocov) == n_ch and max(ratios) <= TEXTURE_RATIO else None
+    kind, models = _noise_models(length, sigmas, fits, autocov_ok)
     return NoiseReport(sigma=float(np.mean(sigmas)), correlation=correlation, correlation_length=length,
                        recommended=recommended, stride=stride, n_blocks=n_blocks, sigma_per_channel=sigmas,
-                       lag1_highpass=round(lag1_highpass, 4),
-                       autocovariance=autocov if len(autocov) == n_ch and max(ratios) <= TEXTURE_RATIO else None,
-                       texture_ratio=round(max(ratios), 3) if ratios else None)
+                       lag1_highpass=round(lag1_highpass, 4), autocovariance=autocov_ok,
+                       texture_ratio=round(max(ratios), 3) if ratios else None, kind=kind, noise_models=models,
+                       noise_fits=fits, motion=_time_lapse_motion(image, axes))
+
+
+def _time_lapse_motion(image: Any, axes: str | None) -> float | None:
+    """The median motion between neighbouring frames in pixels (:func:`n2x.data.motion.frame_motion`) when
+    ``axes`` has a T axis of at least 2 frames, else None: it decides between ``pairs`` adjacent and f2f."""
+    if not axes or "T" not in axes.upper() or image.shape[axes.upper().index("T")] < 2:
+        return None
+    return round(frame_motion(image, axes.upper()), 3)
+
+
+def _fit_variance_line(planes: list[np.ndarray], proj: np.ndarray) -> PoissonGaussianFit:
+    """The Poisson-Gaussian fit to every block's (mean, noise variance) pair.
+
+    A block's noise variance is read from the differences between neighbouring pixels of its fit residual (along Y
+    and X), scaled to be unbiased for white noise through the fit's projection: image texture, which varies over
+    several pixels, moves neighbouring pixels together and adds far less to these differences than to the residual's
+    variance (textured cells under white noise read as signal-dependent from the residual's variance, not from
+    these). Its degrees of freedom, for the flat-block selection, are Satterthwaite's."""
+    bs = int(round(np.sqrt(proj.shape[0])))
+    form, dof = _difference_form(bs)
+    means, variances = [], []
+    for plane in planes:
+        h, w = (plane.shape[0] // bs) * bs, (plane.shape[1] // bs) * bs
+        blocks = plane[:h, :w].reshape(h // bs, bs, w // bs, bs).transpose(0, 2, 1, 3).reshape(-1, bs * bs)
+        blocks = blocks.astype(np.float64)
+        means.append(blocks.mean(axis=1))
+        variances.append(np.einsum("ni,ij,nj->n", blocks, form, blocks))
+    return fit_poisson_gaussian(np.concatenate(means), np.concatenate(variances), dof)
+
+
+@functools.lru_cache(maxsize=2)
+def _difference_form(bs: int) -> tuple[np.ndarray, float]:
+    """``(Q, dof)``: ``x^T Q x`` is the mean squared neighbour difference of the fit residual ``P x`` of a block
+    ``x`` (flattened), scaled so that its expectation is ``sigma^2`` for white noise; ``dof``: its Satterthwaite
+    degrees of freedom."""
+    proj = _residual_projector(bs, True)
+    diff = []
+    for dy, dx in ((1, 0), (0, 1)):
+        i, j = _lag_pairs(bs, (dy, dx))
+        d = np.zeros((len(i), bs * bs))
+        d[np.arange(len(i)), i], d[np.arange(len(i)), j] = 1.0, -1.0
+        diff.append(d)
+    d = np.concatenate(diff) @ proj
+    form = d.T @ d
+    form /= np.trace(form)  # E[n^T P D^T D P n] = sigma^2 tr(P D^T D P)
+    return form, float(np.trace(form) ** 2 / np.trace(form @ form))
+
+
+def _noise_models(length: int, sigmas: list[float], fits: list[PoissonGaussianFit],
+                  autocov: list | None) -> tuple[str, list[NoiseModel]]:
+    """The kind of the noise and its model per channel: correlated when the correlation length is above 0, else
+    Poisson-Gaussian when any channel's variance grows with the signal significantly, else white Gaussian."""
+    if length > 0:
+        return "correlated", [CorrelatedNoise(s, length, autocov[c] if autocov else None)
+                              for c, s in enumerate(sigmas)]
+    if any(f.signal_dependent for f in fits):
+        return "poisson-gaussian", [f.model for f in fits]
+    return "gaussian", [GaussianNoise(s) for s in sigmas]
 
 
 def _flattest(planes: list[np.ndarray], proj: np.ndarray, required: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
@@ -232,7 +249,7 @@ def _flattest(planes: list[np.ndarray], proj: np.ndarray, required: bool = True)
     bs = int(round(np.sqrt(proj.shape[0])))
     res = [r for r in (_block_residuals(p, proj) for p in planes) if len(r)]
     res = np.concatenate(res) if res else np.zeros((0, bs, bs))
-    var = res.reshape(len(res), -1).var(axis=1)
+    var = res.reshape(len(res), bs * bs).var(axis=1)
     # Constant blocks (saturation, zero padding, masked areas) hold no noise.
     scale = float(np.median(var)) if len(var) else 0.0
     ok = var > 1e-6 * scale if scale > 0 else var > 0
@@ -314,13 +331,3 @@ def _corrected(res: np.ndarray, proj: np.ndarray, axis: int, lag: int) -> float:
     bias = _white_bias(proj, axis, lag)
     return float((_autocorr(res, axis, lag) - bias) / (1 - bias))
 
-
-_FACTORS: dict[float, float] = {}
-
-
-def _selection_factor(dof: float) -> float:
-    """Mean of the lowest ``FLAT_FRACTION`` of ``chi2(dof) / dof`` draws (a fixed-seed Monte Carlo, cached)."""
-    if dof not in _FACTORS:
-        draws = np.sort(np.random.default_rng(0).chisquare(dof, 200_000) / dof)
-        _FACTORS[dof] = float(draws[: int(len(draws) * FLAT_FRACTION)].mean())
-    return _FACTORS[dof]

@@ -109,6 +109,10 @@ class PixelShuffleCore(nn.Module):
 
 def refusal(model: Any) -> str | None:
     """Why ``model`` cannot be exported faithfully, or None when it can."""
+    if getattr(model.normalization, "vst", None) is not None:
+        return ("it was trained with the variance-stabilising (generalised Anscombe) transform, whose exact unbiased "
+                "inverse is a lookup table that the package's weights do not include: the package would compute "
+                "something else than n2x denoise")
     name = model.method_name
     if name == "apbsn":
         p = model.method.params

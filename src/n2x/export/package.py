@@ -124,7 +124,7 @@ def write_package(model: Any, path: Path, *, name: str | None = None, authors: S
     why = refusal(model)
     if why is not None:
         hint = ("retrain with {r3_passes} 0 (or the blind-box design), which n2x exports exactly"
-                if "R3" in why else "")
+                if "R3" in why else "retrain with {vst} off to export it" if "Anscombe" in why else "")
         raise N2xError(f"cannot export this model: {why}", hint=hint)
     module = build_module(model)
     halo, multiple, minimum = geometry(model)

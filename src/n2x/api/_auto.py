@@ -1,0 +1,177 @@
+"""``method="auto"`` and ``vst="auto"``: the noise probe decides, and says why in one line.
+
+The rule (:func:`choose_method`):
+
+- a partner was given (N2N's ``target`` or ``pairs``): ``n2n``, which learns from two independent noisy views;
+- the noise is spatially correlated (the probe's correlation length is above 0): ``apbsn``, whose blind box or
+  pixel-shuffle stride covers the correlation;
+- otherwise (pixel-independent Gaussian or Poisson-Gaussian noise): ``n2v`` (:data:`INDEPENDENT_METHODS` says
+  why not yet the all-pixel blind-spot method ``bsn``).
+
+``vst="auto"`` turns the generalised Anscombe transform on when the probe finds Poisson-Gaussian noise whose
+variance at least :data:`VST_MIN_SPREAD`-folds between the darker and the brighter regions (below, the transform
+changes little, and white noise on an image whose bright regions are all fine texture reads up to x1.9: synthetic
+cells with sharp filaments). Cheap to import (no torch): the probe is numpy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.normalize import Normalization
+from ..data.noise_report import NoiseReport
+from ..data.probe import probe_noise as _probe
+from ..errors import InputError, OptionError
+from ..methods import method_info, method_names
+from ..noise import GeneralizedAnscombe, PoissonGaussianNoise
+from ._options import AUTO_METHOD, VST_CHOICES
+
+#: the method ``auto`` picks for pixel-independent noise. N2V, not the all-pixel blind-spot method ``bsn``: at
+#: equal budgets (60 s, docs/methods.md) ``bsn`` was level with N2V on coins/G25 and 0.4-4.4 dB below it on camera,
+#: coins/PG and moon (G25 and PG); its half-plane trunk, not its posterior, is the limit. It wins on a 100 x 100
+#: PG crop and in 3D, but on one image each: not enough to make it the default.
+INDEPENDENT_METHODS = ("n2v",)
+#: at most this many samples (planes or volumes) of each image are read to fit a transformed normalisation
+_NORM_SAMPLES = 4
+#: ``vst="auto"`` needs the fitted variance to grow by this factor from the 10th to the 90th percentile of the
+#: block means (Poisson-Gaussian noise: 8.5 / 4.4 / 1.18 on camera / coins / moon of the dev set, 3.7-5.4 on the
+#: synthetic cells; white noise on those cells 1.55-1.93)
+VST_MIN_SPREAD = 2.5
+#: ``vst="on"`` needs a gain at least this many standard errors above 0 (weaker evidence than ``auto`` asks for)
+MIN_GAIN_T_ON = 3.0
+_NORM_SIDE = 512
+_NORM_DEPTH = 16
+
+_KIND_WORDS = {"gaussian": "white Gaussian", "poisson-gaussian": "Poisson-Gaussian (variance grows with the signal)",
+               "correlated": "spatially correlated"}
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """What ``method="auto"`` resolved to: ``name`` (a registered method), ``reason`` (one line for people),
+    ``requested`` (what the user asked for: ``"auto"`` or a method name) and the probe's ``report`` (None when no
+    probe was needed or it could not measure the image)."""
+
+    name: str
+    reason: str
+    requested: str = AUTO_METHOD
+    report: NoiseReport | None = None
+
+    @property
+    def automatic(self) -> bool:
+        return self.requested == AUTO_METHOD
+
+    def to_config(self) -> dict[str, Any]:
+        return {"requested": self.requested, "method": self.name, "reason": self.reason}
+
+
+def independent_method() -> str:
+    """The method for pixel-independent noise (:data:`INDEPENDENT_METHODS`, the first registered one)."""
+    names = method_names()
+    return next((m for m in INDEPENDENT_METHODS if m in names), names[0])
+
+
+def vst_wanted(report: NoiseReport | None) -> bool:
+    """Whether ``vst="auto"`` turns the transform on for ``report``."""
+    return (report is not None and report.kind == "poisson-gaussian"
+            and max(f.spread for f in report.noise_fits) >= VST_MIN_SPREAD)
+
+
+def probe_noise(image: Any, axes: str | None = None) -> NoiseReport:
+    """Measure the noise of ``image`` (:func:`n2x.data.probe.probe_noise`: level, correlation, noise model and fit
+    quality); its ``recommended`` method is the one ``method="auto"`` would train (without a partner)."""
+    report = _probe(image, axes)
+    if report.recommended != "apbsn":
+        report.recommended = independent_method()
+    return report
+
+
+def choose_method(images: Any, axes: str | None = None, method: str = AUTO_METHOD, *, target: Any = None,
+                  pairs: Any = None, report: NoiseReport | None = None, vst: str = "auto") -> MethodChoice:
+    """Resolve ``method``: a method name stays as it is (checked); ``"auto"`` follows the rule of this module,
+    probing the first image (``report``: a probe already made of it; ``vst``: the training's setting, for the
+    reason's wording). Returns a :class:`MethodChoice`."""
+    if (method or "").lower() != AUTO_METHOD:
+        info = method_info(method)  # an unknown method is an OptionError here
+        return MethodChoice(info.name, f"{info.label} (chosen by the user)", info.name, report)
+    if target is not None or pairs is not None:
+        partner = "a second noisy image (target)" if target is not None else f"pairs ({pairs})"
+        return MethodChoice("n2n", f"auto: Noise2Noise, because a partner was given: {partner}", report=report)
+    if report is None:
+        first = images[0] if isinstance(images, (list, tuple)) else images
+        try:
+            report = probe_noise(first, axes)
+        except InputError as exc:
+            name = independent_method()
+            return MethodChoice(name, f"auto: {method_info(name).label}, the default for independent noise (the "
+                                      f"noise could not be measured: {exc.message})")
+    if report.kind == "correlated":
+        why = f"correlated over {report.correlation_length} px (blind box / stride {report.stride})"
+        return MethodChoice("apbsn", f"auto: AP-BSN, because the noise is {why}", report=report)
+    name = independent_method()
+    kind = _KIND_WORDS.get(report.kind, report.kind)
+    with_vst = " (with the Anscombe transform)" if vst == "on" or (vst == "auto" and vst_wanted(report)) else ""
+    why = f"the noise is pixel-independent, {kind}, sigma {report.sigma:.3g}"
+    return MethodChoice(name, f"auto: {method_info(name).label}{with_vst}, because {why}", report=report)
+
+
+def resolve_vst(vst: str, report: NoiseReport | None, method: str) -> list[GeneralizedAnscombe] | None:
+    """The transforms (one per channel) that ``vst`` (``auto``/``on``/``off``) asks for, or None.
+
+    ``auto``: on when ``report`` found Poisson-Gaussian noise that varies enough (:func:`vst_wanted`). ``on``: the
+    fitted Poisson-Gaussian model of each channel, whatever kind the probe called the noise; an OptionError when a
+    channel shows no photon noise (a gain not above 0 by :data:`MIN_GAIN_T_ON` standard errors). AP-BSN models
+    correlated Gaussian noise in the input's units and takes no transform.
+    """
+    if vst not in VST_CHOICES:
+        raise OptionError(f"vst must be one of {', '.join(VST_CHOICES)}, not {vst!r}")
+    if vst == "off" or report is None or (vst == "auto" and not vst_wanted(report)):
+        return None
+    if method == "apbsn":
+        if vst == "on":
+            raise OptionError("the variance-stabilising transform does not apply to AP-BSN, whose filter models "
+                              "correlated Gaussian noise in the input's units", hint="give {vst} off or auto")
+        return None
+    models = [m if isinstance(m, PoissonGaussianNoise) else f.model
+              for m, f in zip(report.noise_models, report.noise_fits)]
+    if any(f.gain <= 0 or f.gain_t < MIN_GAIN_T_ON for f in report.noise_fits):
+        raise OptionError("the variance-stabilising transform needs photon (Poisson) noise, and the noise probe "
+                          "found none: the noise variance does not grow with the signal", hint="give {vst} off or auto")
+    return [GeneralizedAnscombe.from_noise(m) for m in models]
+
+
+def fit_vst_normalization(images: Sequence[Any], layouts: Sequence[Any], mode: str,
+                          transforms: list[GeneralizedAnscombe]) -> Normalization:
+    """The normalisation of the transformed data: statistics from up to four samples of each image, central crops
+    of at most 512 x 512 pixels in YX (and 16 planes in Z): raw regions are read, then transformed."""
+    blocks = []
+    for img, lay in zip(images, layouts):
+        picks = np.unique(np.linspace(0, lay.n_samples - 1, min(_NORM_SAMPLES, lay.n_samples)).round().astype(int))
+        sides = [_NORM_DEPTH] * (len(lay.spatial_shape) - 2) + [_NORM_SIDE, _NORM_SIDE]
+        region = tuple(slice(max(0, (n - side) // 2), max(0, (n - side) // 2) + min(n, side))
+                       for n, side in zip(lay.spatial_shape, sides))
+        blocks += [np.asarray(lay.read(img, int(s), region), np.float32) for s in picks]
+    return Normalization.fit(blocks, mode, vst=transforms)
+
+
+def noise_config(report: NoiseReport | None, transforms: list[GeneralizedAnscombe] | None) -> dict[str, Any]:
+    """What the model file records of the noise: the probe's kind, the fitted model per channel, its fit quality,
+    and whether the transform was applied."""
+    if report is None:
+        return {"kind": None, "vst": transforms is not None}
+    return {"kind": report.kind, "sigma": report.sigma, "models": [m.to_dict() for m in report.noise_models],
+            "fit": [{k: v for k, v in f.to_dict().items() if k not in ("levels", "weights")}
+                    for f in report.noise_fits],
+            "vst": transforms is not None}
+
+
+def probe_quietly(images: Any, axes: str | None) -> NoiseReport | None:
+    """The probe of the first image, or None where it cannot measure it (too small or too flat): training goes on
+    without the transform then."""
+    first = images[0] if isinstance(images, (list, tuple)) else images
+    try:
+        return probe_noise(first, axes)
+    except InputError:
+        return None

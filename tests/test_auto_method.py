@@ -1,0 +1,146 @@
+"""``method="auto"`` and ``vst``: the noise probe picks the method (and says why) and switches the Anscombe
+transform on for Poisson-Gaussian noise; the model file records both; export refuses a transformed model."""
+import numpy as np
+import pytest
+import tifffile
+
+from n2x import api
+from n2x.errors import N2xError, OptionError
+
+SIGMA = 25 / 255
+INDEPENDENT = "n2v"  # the all-pixel blind-spot method is not yet better on enough images (api/_auto.py)
+
+
+def _box3(white):
+    out = sum(np.roll(np.roll(white, dy, 0), dx, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    return out / out.std()
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    """The dev set's noise kinds on camera (BENCHMARK.md), a 256 x 256 crop."""
+    skimage = pytest.importorskip("skimage")
+    clean = skimage.data.camera()[128:384, 128:384].astype(np.float32)
+    clean = (clean - clean.min()) / (clean.max() - clean.min())
+    rng = np.random.default_rng(7)
+    white = rng.normal(0, 1, clean.shape)
+    return {"G25": (clean + SIGMA * white).astype(np.float32),
+            "PG": (rng.poisson(clean * 20) / 20 + rng.normal(0, 0.02, clean.shape)).astype(np.float32),
+            "CORR": (clean + SIGMA * _box3(white)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("kind,method,vst", [("G25", INDEPENDENT, False), ("PG", INDEPENDENT, True),
+                                             ("CORR", "apbsn", False)])
+def test_auto_picks_the_method_for_the_noise(noisy, kind, method, vst):
+    choice = api.choose_method(noisy[kind], "YX")
+    assert choice.name == method and choice.automatic
+    assert choice.reason.startswith("auto: ") and "\n" not in choice.reason
+    assert ("Anscombe" in choice.reason) == vst
+    assert ("correlated over" in choice.reason) == (kind == "CORR")
+
+
+def test_auto_picks_n2n_for_a_partner(noisy):
+    choice = api.choose_method(noisy["G25"], "YX", target=noisy["PG"])
+    assert choice.name == "n2n" and "partner" in choice.reason and choice.report is None  # no probe needed
+    assert api.choose_method(noisy["G25"], "YX", pairs="subsample").name == "n2n"
+    named = api.choose_method(noisy["G25"], "YX", "n2v2")
+    assert named.name == "n2v2" and not named.automatic
+
+
+def test_auto_on_an_image_too_small_to_measure():
+    choice = api.choose_method(np.zeros((16, 16), np.float32), "YX")
+    assert choice.name == INDEPENDENT and "could not be measured" in choice.reason
+
+
+def _small(image):
+    """A 128 x 128 crop: training tests stay fast."""
+    return np.ascontiguousarray(image[64:192, 64:192])
+
+
+def test_auto_training_records_the_choice_and_the_transform(noisy, tmp_path):
+    pg = _small(noisy["PG"])
+    model = api.train(pg, "YX", "auto", steps=2, patch_size=32, batch_size=4, seed=0)
+    assert model.method_name == INDEPENDENT
+    assert model.config["method_choice"]["requested"] == "auto"
+    assert model.config["noise"]["kind"] == "poisson-gaussian" and model.config["noise"]["vst"]
+    (gat,) = model.config["normalization"]["vst"]
+    assert gat["kind"] == "generalized-anscombe" and gat["gain"] == pytest.approx(0.05, rel=0.3)
+    path = api.save_model(model, tmp_path / "m.n2x")
+    loaded = api.load_model(path, device="cpu")
+    assert loaded.normalization.vst is not None and loaded.config["method_choice"] == model.config["method_choice"]
+    out = api.denoise(loaded, pg)
+    assert out.shape == pg.shape and np.isfinite(out).all()
+    # The transform is inverted: the result is in the input's units, not the stabilised ones
+    assert abs(float(out.mean()) - float(pg.mean())) < 0.1
+
+
+def test_vst_setting(noisy):
+    off = api.train(_small(noisy["PG"]), "YX", "n2v", steps=1, patch_size=32, batch_size=4, seed=0, vst="off")
+    assert "vst" not in off.config["normalization"] and not off.config["noise"]["vst"]
+    white = api.train(_small(noisy["G25"]), "YX", "n2v", steps=1, patch_size=32, batch_size=4, seed=0)  # not PG
+    assert "vst" not in white.config["normalization"] and white.config["noise"]["kind"] == "gaussian"
+    with pytest.raises(OptionError, match="vst must be one of"):
+        api.train(noisy["PG"], "YX", "n2v", steps=1, vst="maybe")
+    with pytest.raises(OptionError, match="does not apply to AP-BSN"):
+        api.train(noisy["CORR"], "YX", "apbsn", steps=1, vst="on")
+    with pytest.raises(OptionError, match="found none"):
+        ramp = np.linspace(0, 1, 128)[None, :] + np.zeros((128, 1))
+        white = (ramp + np.random.default_rng(0).normal(0, 0.1, ramp.shape)).astype(np.float32)
+        api.train(white, "YX", "n2v", steps=1, vst="on")
+
+
+def test_export_refuses_a_transformed_model(noisy, tmp_path):
+    model = api.train(_small(noisy["PG"]), "YX", "n2v", steps=1, patch_size=32, batch_size=4, seed=0, vst="on")
+    with pytest.raises(N2xError, match="variance-stabilising") as err:
+        api.export_bioimageio(model, tmp_path / "m.zip")
+    assert "vst" in err.value.hint
+
+
+def test_cli_train_auto_says_why(noisy, tmp_path, capsys):
+    """``n2x train`` (in this process: the command's own code, without a second torch import) prints the reason as
+    its first line; ``n2x info`` shows the choice and the transform; a flag of another method than the one auto
+    chose is refused, naming the choice."""
+    from n2x.cli import main
+
+    img = tmp_path / "pg.tif"
+    tifffile.imwrite(img, _small(noisy["PG"]))
+    model_path = str(tmp_path / "m.n2x")
+    assert main(["train", str(img), "-o", model_path, "--steps", "2", "--patch", "32", "--batch", "4"]) == 0
+    reason = capsys.readouterr().out.splitlines()[0]
+    assert reason.startswith(f"auto: {api.method_info(INDEPENDENT).label} (with the Anscombe transform), because")
+    assert main(["info", str(tmp_path / "m.n2x")]) == 0
+    info = capsys.readouterr().out
+    assert '"requested": "auto"' in info and '"generalized-anscombe"' in info
+    assert main(["train", str(img), "-o", str(tmp_path / "x.n2x"), "--steps", "1", "--z-context", "1"]) == 2
+    assert "--method auto (which chose" in capsys.readouterr().err
+
+
+def test_train_widget_auto_says_why(qtbot, make_napari_viewer, noisy):
+    """The widget's first choice is Auto; the reason arrives as a notification and in the status line, and "Check
+    noise" shows the fitted model."""
+    from napari.utils.notifications import notification_manager
+
+    from n2x._napari.noise_check import verdict
+    from n2x._napari.train_widget import TrainWidget
+
+    got = []
+    notification_manager.notification_ready.connect(got.append)
+    try:
+        viewer = make_napari_viewer()
+        viewer.add_image(_small(noisy["PG"]), name="pg")
+        widget = TrainWidget(viewer)
+        assert widget.methods.combo.currentData() == "auto" and widget.methods.combo.currentIndex() == 0
+        widget.set_length(2, "steps")
+        widget.control("patch_size").setText("32")
+        widget.control("batch_size").setValue(4)
+        widget.control("preview").setChecked(False)
+        widget.control("denoise_after").setChecked(False)
+        assert widget.train()
+        qtbot.waitUntil(lambda: widget.model is not None and not widget.busy, timeout=120_000)
+    finally:
+        notification_manager.notification_ready.disconnect(got.append)
+    reasons = [str(n.message) for n in got if "auto: " in str(n.message)]
+    assert reasons and "Anscombe" in reasons[0]
+    assert widget.model.config["method_choice"]["requested"] == "auto"
+    line = verdict(api.probe_noise(noisy["PG"], "YX"))
+    assert "Poisson-Gaussian (gain 0.0" in line and "fit R²" in line and "Anscombe" in line
