@@ -348,3 +348,37 @@ def test_memory_budget_bounds_tiles_and_chunks_of_a_3d_model():
     assert prod(small.tile) < prod(plan.tile)
     with pytest.raises(n2x.errors.OptionError, match="not a size"):
         n2x.denoise_volume(model, vol, "x.ome.zarr", "ZYX", max_memory="lots")
+
+
+def test_a_second_job_on_the_same_output_is_refused_while_the_first_runs(tmp_path, model2d):
+    """Two jobs writing one output at once would interleave chunks and records: the second is refused with who
+    holds it, until the first ends; a run dropped before it started and a killed process's lock free the output."""
+    import gc
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    img = rng_image((4, 64, 64))
+    dest = tmp_path / "out.ome.zarr"
+    first = n2x.iter_denoise_volume(model2d, img, dest, "ZYX", chunks=32)
+    next(first)
+    with pytest.raises(n2x.OutputExistsError, match=f"another n2x job is writing .*process {os.getpid()}"):
+        n2x.iter_denoise_volume(model2d, img, dest, "ZYX", chunks=32)
+    for _ in first:
+        pass
+    assert attrs(dest)["n2x"]["status"] == "complete"
+    assert not list(tmp_path.glob(".*n2x-lock"))
+    list(n2x.iter_denoise_volume(model2d, img, dest, "ZYX", chunks=32))  # free again: the finished output is kept
+
+    other = tmp_path / "other.ome.zarr"
+    dropped = n2x.iter_denoise_volume(model2d, img, other, "ZYX")
+    assert (tmp_path / ".other.ome.zarr.n2x-lock").exists()
+    del dropped
+    gc.collect()
+    assert not (tmp_path / ".other.ome.zarr.n2x-lock").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".other.ome.zarr.n2x-lock").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": int(dead.stdout), "started": "earlier"}))
+    list(n2x.iter_denoise_volume(model2d, img, other, "ZYX"))  # the killed job's lock is taken over
+    np.testing.assert_allclose(read_out(other), read_out(dest), atol=1e-5)

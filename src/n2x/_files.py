@@ -76,3 +76,71 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+class OutputLock:
+    """An exclusive claim on an output path for one job: the file ``.<name>.n2x-lock`` next to it, created
+    atomically (``O_EXCL``) and holding the host, process id and start time of its job.
+
+    A second job on the same output, in this process or any other that sees the folder, finds the file and is
+    refused; a lock left by a killed process on this host is taken over. :meth:`release` is idempotent.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        target = Path(path)
+        self.path = target.parent / f".{target.name}.n2x-lock"
+        self._held = False
+
+    def holder(self) -> dict | None:
+        """The running job that holds the lock (``host``, ``pid``, ``started``), or None (free, or stale)."""
+        import json
+        import socket
+
+        try:
+            info = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"host": "?", "pid": "?", "started": "?"}  # being written right now, or unreadable: held
+        if info.get("host") == socket.gethostname() and not _process_alive(int(info.get("pid", -1))):
+            return None
+        return info
+
+    def acquire(self) -> dict | None:
+        """Take the lock; returns None, or the holder's record when another job holds it (nothing taken then)."""
+        import json
+        import socket
+        import time
+
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is not None:
+                    return holder
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+            self._held = True
+            return None
+        return self.holder() or {"host": "?", "pid": "?", "started": "?"}
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence
 
 import numpy as np
 
+from .._files import OutputLock
 from ..data.axes import check_dtype
 from ..errors import InputError, OptionError, OutputExistsError
 from ..io import ome_zarr
@@ -130,6 +132,44 @@ def iter_denoise_volume(model: Model, source: Any, destination: str | os.PathLik
         out_axes = ome_zarr.ngff_order(layout.axes)
     fingerprint = job_fingerprint(model, src.data, layout, src.path, level, geometry.halo,
                                   ngff_version if kind == "zarr" else None)
+    lock = _claim(dest)
+    try:
+        return _start(model, src, dest, kind, layout, geometry, out_axes, fingerprint, lock, overwrite=overwrite,
+                      level=level, batch_size=batch_size, should_stop=should_stop, ngff_version=ngff_version,
+                      scale=scale, translation=translation, units=units, pyramid_levels=pyramid_levels,
+                      executor=executor)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _claim(dest: Path) -> OutputLock:
+    """The output's lock, taken: a second job writing the same output at the same time would interleave chunks
+    and records with this one's, or remove what this one writes."""
+    lock = OutputLock(dest)
+    holder = lock.acquire()
+    if holder is not None:
+        where = str(lock.path).replace("{", "{{").replace("}", "}}")
+        raise OutputExistsError(f"another n2x job is writing {dest} (process {holder.get('pid')} on "
+                                f"{holder.get('host')}, started {holder.get('started')})",
+                                hint=f"wait for it to end or stop it; if no job is running, delete {where}")
+    return lock
+
+
+def _holding(lock: OutputLock, run: Generator[VolumeProgress, None, Path]) -> Generator[VolumeProgress, None, Path]:
+    try:
+        return (yield from run)
+    finally:
+        lock.release()
+
+
+def _start(model: Model, src: _Source, dest: Path, kind: str, layout: Any, geometry: Any, out_axes: str,
+           fingerprint: dict, lock: OutputLock, *, overwrite: bool, level: int, batch_size: int | None,
+           should_stop: Callable[[], bool] | None, ngff_version: str, scale: dict[str, float] | None,
+           translation: dict[str, float] | None, units: dict[str, str] | None, pyramid_levels: int | None,
+           executor: ChunkExecutor | None) -> Generator[VolumeProgress, None, Path]:
+    """Open or create the output (the lock held) and return the generator that computes its chunks; the lock goes
+    when that generator ends, or is dropped without being run."""
     existing = existing_output(dest, kind, fingerprint)
     prov = provenance(model, fingerprint, str(src.path) if src.path is not None else type(src.data).__name__,
                       layout, level, {"halo": geometry.halo, "chunks": list(geometry.chunk),
@@ -166,7 +206,9 @@ def iter_denoise_volume(model: Model, source: Any, destination: str | os.PathLik
     # A run of samples read together (raw and normalised copies) may take a third of the chunk data budget.
     job.run = samples_per_read(src.data, layout, job.chunk, geometry.halo,
                                min(SLAB_BYTES, geometry.chunk_bytes * CHUNK_COPIES / 3))
-    return _run(job, skipped, kind, fingerprint, prov, scale_, units_, executor or run_chunks)
+    run = _holding(lock, _run(job, skipped, kind, fingerprint, prov, scale_, units_, executor or run_chunks))
+    weakref.finalize(run, lock.release)
+    return run
 
 
 def _run(job: ChunkJob, skipped: set[str], kind: str, fingerprint: dict, prov: dict, scale: dict[str, float],
