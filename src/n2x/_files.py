@@ -107,7 +107,8 @@ class OutputLock:
         return info
 
     def acquire(self) -> dict | None:
-        """Take the lock; returns None, or the holder's record when another job holds it (nothing taken then)."""
+        """Take the lock; returns None, or the holder's record when another job holds it (nothing taken then). In a
+    folder that does not exist yet, or cannot be written, nothing is taken and None is returned."""
         import json
         import socket
         import time
@@ -121,6 +122,10 @@ class OutputLock:
                     return holder
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
+            except OSError:
+                # The folder is missing (created with the output) or not writable: the output's own write then
+                # reports it in the user's words; no lock is held.
+                return None
             with os.fdopen(fd, "w") as f:
                 json.dump({"host": socket.gethostname(), "pid": os.getpid(),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
