@@ -22,7 +22,9 @@ def noisy(shape, seed=0):
 
 def levels(path):
     group = zarr.open_group(str(path), mode="r")
-    return [group[str(k)][:] for k in range(len(dict(group.attrs)["multiscales"][0]["datasets"]))]
+    attrs = dict(group.attrs)
+    multiscales = attrs.get("multiscales") or attrs["ome"]["multiscales"]  # NGFF 0.4 or 0.5
+    return [group[str(k)][:] for k in range(len(multiscales[0]["datasets"]))]
 
 
 def assert_same_output(a, b):
@@ -73,6 +75,19 @@ def test_2d_model_on_stack_equals_single_process(tmp_path, client, model2d, stac
     assert_same_output(there, here)
     assert seen[-1] == (24, 24) and len(seen) > 10  # progress per finished work unit
     assert dict(zarr.open_group(str(there), mode="r").attrs)["n2x"]["status"] == "complete"
+
+
+def test_sharded_output_on_the_cluster_equals_single_process(tmp_path, client, model2d, stack, here, monkeypatch):
+    from n2x.inference import volume_plan
+
+    monkeypatch.setattr(volume_plan, "SHARD_BYTES", 2 * 48 * 128 * 4)  # shards of 2 planes x 48 x 96 px
+    there = n2x.denoise_volume(model2d, stack, tmp_path / "there.ome.zarr", "ZYX", chunks=48, pyramid_levels=2,
+                               client=client, shards=True)
+    assert_same_output(there, here)
+    group = zarr.open_group(str(there), mode="r")
+    assert group["0"].shards == (2, 48, 96) and group["1"].shards == (1, 48, 96)
+    # Each of the 8 shards was written whole by one task: 8 files where the 48 px chunks alone would be 24.
+    assert len([p for p in (there / "0" / "c").rglob("*") if p.is_file()]) == 8
 
 
 def test_3d_model_equals_single_process(tmp_path, client):

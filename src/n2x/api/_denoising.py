@@ -50,7 +50,8 @@ def iter_denoise_volume(model: Model | str | os.PathLike, source: Any, destinati
     :mod:`n2x.batch.volume_cluster`). ``max_memory``: bytes per process or worker (``"1.5G"`` style accepted;
     default 1.5 GiB on a CPU, the device's free memory on a GPU). The other keywords are those of
     :func:`n2x.inference.volume.iter_denoise_volume` (``tile``, ``chunks``, ``halo``, ``batch_size``, ``level``,
-    ``overwrite``, ``ngff_version``, ``scale``, ``translation``, ``units``, ``should_stop``, ``pyramid_levels``).
+    ``overwrite``, ``ngff_version``, ``scale``, ``translation``, ``units``, ``should_stop``, ``pyramid_levels``,
+    ``shards``).
     """
     try:
         memory = parse_memory(max_memory)

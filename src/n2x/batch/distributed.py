@@ -1,5 +1,7 @@
-"""Running a batch on ``dask.distributed``: one task per file on a local cluster sized to this machine or on any
-existing scheduler, with the model shipped to the workers and progress sent back as worker events.
+"""The workers of a batch on ``dask.distributed``: a local cluster sized to this machine or any existing scheduler,
+the model shipped to the workers and loaded once on each, and the task that denoises one whole file there (progress
+sent back as worker events). Which files go whole and which chunk by chunk, and the queue of tasks:
+:mod:`.cluster_batch`.
 
 Model shipping: the model file's bytes (a few MB) are scattered once to every worker. A worker that sees the same
 file at the same path with the same SHA-256 (a shared file system) loads it from there; otherwise it writes the
@@ -10,13 +12,11 @@ shared file system, as on any HPC cluster).
 from __future__ import annotations
 
 import logging
-import queue
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -25,10 +25,8 @@ from ..device import usable_cpu_count
 from ..errors import N2xError, OptionError
 from ..io.model_file import file_sha256
 from ..model import Model
-from .journal import Journal
-from .one_file import denoise_file, task_spec
-from .plan import PlanItem
-from .results import BatchEvent, FileResult
+from .one_file import denoise_file
+from .results import FileResult
 
 #: each local worker gets this much RAM at least when the worker count is chosen automatically (bytes)
 WORKER_MEMORY = 2 * 2**30
@@ -187,64 +185,3 @@ def denoise_task(spec: dict[str, Any], blob: dict[str, Any], topic: str | None,
     except N2xError as exc:
         return FileResult(spec["file"], "failed", 0.0, spec["output"], spec["format"], str(exc)).to_dict()
     return denoise_file(spec, model, report).to_dict()
-
-
-def run_distributed(client: Any, todo: Sequence[PlanItem], model_path: Path, options: dict[str, Any],
-                    torch_threads: int | None, journal: Journal, emit: Callable[[BatchEvent], None]) -> None:
-    """One dask task per file through ``client``; results recorded in ``journal`` as they come, progress to
-    ``emit``. ``torch_threads``: per worker (None on a cluster we did not start: decided on each worker).
-
-    Progress comes back as worker events (``Worker.log_event`` -> ``Client.subscribe_topic``): batched with the
-    worker's other messages, no extra scheduler state; the main thread drains them while waiting for results.
-    """
-    from distributed import as_completed
-
-    events: queue.Queue = queue.Queue()
-    topic = f"n2x-batch-{uuid.uuid4().hex}"
-    futures: dict[Any, PlanItem] = {}
-    try:
-        client.subscribe_topic(topic, lambda ev: events.put(ev[1]))
-        blob = ship_model(client, model_path)
-        for item in todo:
-            fut = client.submit(denoise_task, task_spec(item, options), blob, topic, torch_threads,
-                                key=f"n2x-denoise-{item.index}-{topic}", pure=False, retries=0)
-            futures[fut] = item
-        by_index = {i.index: i for i in todo}
-        ac = as_completed(list(futures), loop=client.loop)
-
-        def drain() -> None:
-            while True:
-                try:
-                    msg = events.get_nowait()
-                except queue.Empty:
-                    return
-                item = by_index.get(int(msg.get("index", -1)))
-                if item is None or item.index in journal.done:
-                    continue
-                if msg.get("start"):
-                    emit(BatchEvent("file", item.index, item.file))
-                else:
-                    emit(BatchEvent("chunks", item.index, item.file, int(msg["done"]), int(msg["total"]),
-                                    int(msg["skipped"])))
-
-        while not ac.is_empty():
-            drain()
-            for fut in ac.next_batch(block=False) if ac.has_ready() else []:
-                item = futures[fut]
-                try:
-                    res = FileResult(**fut.result())
-                except Exception as exc:  # the worker died (killed for memory...) or could not run the task
-                    res = item.result("failed", reason=f"the worker failed ({type(exc).__name__}: {exc})")
-                drain()
-                journal.record(item, res)
-                emit(BatchEvent("done", item.index, item.file, result=res))
-            time.sleep(0.05)
-        drain()
-    except KeyboardInterrupt:
-        client.cancel(list(futures), force=True)
-        raise
-    finally:
-        try:
-            client.unsubscribe_topic(topic)
-        except Exception:
-            pass

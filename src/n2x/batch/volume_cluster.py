@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Generator
 
 from ..errors import OptionError
-from ..inference.chunks import (ChunkExecutor, ChunkJob, VolumeProgress, pending_groups, process_group,
-                                write_pyramid_block)
+from ..inference.chunk_writes import write_pyramid_block
+from ..inference.chunks import ChunkExecutor, ChunkJob, VolumeProgress, pending_groups, process_group
 from ..io import ome_zarr
 from ..io.images import open_image
 from ..io.pyramid import PyramidGrid

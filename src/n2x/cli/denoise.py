@@ -47,8 +47,12 @@ def _fill_denoise(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunks", type=int, nargs="+", help="spatial chunk size of an OME-Zarr output "
                    "(default two tiles per axis)")
     p.add_argument("--level", type=int, default=0, help="resolution level of a multi-scale input (default 0)")
-    p.add_argument("--ngff", dest="ngff_version", choices=("0.4", "0.5"), default="0.4",
-                   help="OME-NGFF version of a zarr output: 0.4 (zarr v2, default) or 0.5 (zarr v3)")
+    p.add_argument("--ngff", dest="ngff_version", choices=("0.4", "0.5"), default=None,
+                   help="OME-NGFF version of a zarr output: 0.4 (zarr v2, default) or 0.5 (zarr v3; the default "
+                   "with --shards)")
+    p.add_argument("--shards", action="store_true",
+                   help="sharded OME-Zarr (NGFF 0.5): each file holds many chunks, up to 64 MiB within the memory "
+                   "budget, for file systems that suffer from many small files")
     p.add_argument("--device", default="auto", help=f"{', '.join(api.DEVICE_CHOICES)} (or cuda:N)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (without it an unfinished OME-Zarr of the same job resumes)")
@@ -77,7 +81,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size, level=args.level, overwrite=args.overwrite,
                                   chunks=_one_or_all(args.chunks), ngff_version=args.ngff_version,
                                   scheduler=args.scheduler, workers=args.workers, max_memory=args.max_memory,
-                                  pyramid_levels=args.pyramid_levels, device=args.device)
+                                  pyramid_levels=args.pyramid_levels, shards=args.shards, device=args.device)
     bar = progress_bar(0, "denoise", args.quiet, unit=" chunks")
     t0 = time.perf_counter()
     pr = None
@@ -121,7 +125,7 @@ def cmd_denoise_batch(args: argparse.Namespace) -> int:
                                     scheduler=args.scheduler, workers=args.workers, axes=args.axes, level=args.level,
                                     tile=_one_or_all(args.tile), batch_size=args.batch_size,
                                     chunks=_one_or_all(args.chunks), ngff_version=args.ngff_version,
-                                    device=args.device, max_memory=args.max_memory,
+                                    device=args.device, max_memory=args.max_memory, shards=args.shards,
                                     pyramid_levels=args.pyramid_levels, on_event=bars)
     except KeyboardInterrupt:
         bars.close()

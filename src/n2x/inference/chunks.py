@@ -21,7 +21,8 @@ from ..data.axes import Layout, check_finite
 from ..device import is_out_of_memory
 from ..errors import N2xError
 from ..io import ome_zarr
-from ..io.pyramid import PyramidGrid, PyramidTracker
+from ..io.pyramid import PyramidTracker
+from .chunk_writes import fill_pyramid, write_and_fill, write_chunk, write_run, write_run_and_fill
 from .tiling import Stopped, pad_to_window, predict_region, region_window, round_up
 
 log = logging.getLogger("n2x")
@@ -89,6 +90,11 @@ class ChunkJob:
     pyramid: PyramidTracker | None = None
     levels: list[Any] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def writes_runs(self) -> bool:
+        """Whether work units write their samples at once: the target is sharded (a shard holds a run)."""
+        return getattr(self.target, "shards", None) is not None
 
     @property
     def nblocks(self) -> tuple[int, ...]:
@@ -217,52 +223,6 @@ def _free_device_memory(model: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def _write_chunk(job: ChunkJob, pos: dict[str, int], region: Sequence[slice], block: np.ndarray, key: str) -> None:
-    """Write ``block`` ``(C, *spatial)`` of the sample at ``pos`` (axis letter -> index) into the target, then
-    record it: the record never exists without the data."""
-    axes, spatial = job.out_axes, job.layout.spatial
-    index: list[Any] = []
-    for a in axes:
-        if a in pos:
-            index.append(pos[a])
-        elif a == "C":
-            index.append(slice(None))
-        else:
-            index.append(region[spatial.index(a)])
-    kept = [a for a in axes if a not in pos]
-    src = (["C"] if "C" in axes else []) + list(spatial)
-    data = block if "C" in axes else block[0]
-    job.target[tuple(index)] = np.transpose(data, [src.index(a) for a in kept])
-    if job.chunk_log is not None:
-        job.chunk_log.record(key)
-
-
-def _write_and_fill(job: ChunkJob, pos: dict[str, int], region: Sequence[slice], block: np.ndarray,
-                    spatial_block: tuple[int, ...]) -> None:
-    """The local writer's unit: write and record a level-0 chunk, then the pyramid blocks it completes."""
-    _write_chunk(job, pos, region, block, job.chunk_key(pos, spatial_block))
-    if job.pyramid is not None:
-        fill_pyramid(job.dest, job.pyramid, job.levels, job.pyramid.recorded(0, job.chunk_index(pos, spatial_block)))
-
-
-def write_pyramid_block(dest: Path, grid: PyramidGrid, levels: Sequence[Any], level: int,
-                        block: tuple[int, ...]) -> None:
-    """Compute block ``block`` of pyramid ``level`` from the level below (already recorded), write it into
-    ``levels[level]`` and record it."""
-    levels[level][grid.region(level, block)] = grid.compute_block(levels, level, block)
-    ome_zarr.ChunkLog(dest, level).record(PyramidTracker.key(block))
-
-
-def fill_pyramid(dest: Path, tracker: PyramidTracker, levels: Sequence[Any],
-                 ready: list[tuple[int, tuple[int, ...]]]) -> None:
-    """Compute the ``ready`` pyramid blocks and, in turn, every block above them they complete."""
-    todo = list(ready)
-    while todo:
-        level, block = todo.pop()
-        write_pyramid_block(dest, tracker.grid, levels, level, block)
-        todo += tracker.recorded(level, block)
-
-
 def pending_groups(job: ChunkJob, skipped: set[str]) -> Iterator[tuple[list[int], tuple[int, ...], list[int]]]:
     """``(span, block, todo)`` of every work unit with chunks not in ``skipped``: the samples to read (``span``,
     only the run still to do), the spatial block, and the samples to write (``todo``)."""
@@ -299,9 +259,11 @@ def process_group(job: ChunkJob, span: list[int], block: tuple[int, ...], todo: 
     ``job.out_axes``), the only thing a worker sends back.
     """
     pred = denoise_slab(job, read_slab(job, span, block), block)
+    if job.writes_runs:
+        return write_run(job, span, todo, block, pred)
     written = []
     for pos, region, data in slab_chunks(job, span, todo, block, pred):
-        _write_chunk(job, pos, region, data, job.chunk_key(pos, block))
+        write_chunk(job, pos, region, data, job.chunk_key(pos, block))
         written.append(job.chunk_index(pos, block))
     return written
 
@@ -348,13 +310,17 @@ def run_chunks(job: ChunkJob, skipped: set[str]) -> Generator[VolumeProgress, No
             except _Stopped:
                 break
             del slab
-            for pos, region, data in slab_chunks(job, span, todo, block, pred):
-                writes.append(writer.submit(_write_and_fill, job, pos, region, data, block))
+            if job.writes_runs:
+                writes.append(writer.submit(write_run_and_fill, job, span, todo, block, pred))
+            else:
+                for pos, region, data in slab_chunks(job, span, todo, block, pred):
+                    writes.append(writer.submit(write_and_fill, job, pos, region, data, block))
             del pred
             finished = 0
-            while writes and (writes[0].done() or len(writes) > MAX_PENDING_WRITES):
-                writes.popleft().result()
-                finished += 1
+            # A run write holds a shard's samples, which the plan sized like several chunks: one waits at most.
+            limit = 1 if job.writes_runs else MAX_PENDING_WRITES
+            while writes and (writes[0].done() or len(writes) > limit):
+                finished += writes.popleft().result()
             if finished:
                 done += finished
                 yield VolumeProgress(done, total, n_skipped, time.perf_counter() - t0, job.dest, job.core)
@@ -363,8 +329,7 @@ def run_chunks(job: ChunkJob, skipped: set[str]) -> Generator[VolumeProgress, No
         error = None
         while writes:
             try:
-                writes.popleft().result()
-                done += 1
+                done += writes.popleft().result()
             except BaseException as exc:  # keep draining; the first error is raised below
                 error = error or exc
         writer.shutdown(wait=True)

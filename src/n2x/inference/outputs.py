@@ -23,6 +23,7 @@ from ..io import ome_zarr
 from ..io.images import read_tiff_record, write_tiff
 from ..io.paths import is_tiff_name, is_zarr_name
 from .fingerprint import describe_difference
+from .volume_plan import ShardPlan
 
 #: what a TIFF result may use of the available RAM: it is built in memory before it is written
 TIFF_MEMORY_SHARE = 0.5
@@ -134,26 +135,29 @@ def finish_tiff(dest: Path, target: np.ndarray, layout: Layout, fingerprint: dic
 @dataclass
 class ZarrTarget:
     """An OME-Zarr output opened for writing: ``array`` (level 0, axes ``out_axes``), the spatial ``chunk`` shape
-    in force, the level-0 chunk keys already finished (``skipped``; ``{"*"}`` for a complete output), the pyramid
-    ``factors`` (per level, per spatial axis of the layout) and per level the keys already recorded
-    (``level_done``, level 0 included)."""
+    in force (a sharded output's shard: the unit written and recorded), the level-0 chunk keys already finished
+    (``skipped``; ``{"*"}`` for a complete output), the pyramid ``factors`` (per level, per spatial axis of the
+    layout), per level the keys already recorded (``level_done``, level 0 included), and ``run``: the samples of
+    the last sample axis that one shard holds (None: not sharded), which a work unit must then write together."""
 
     array: Any
     chunk: tuple[int, ...]
     skipped: set[str]
     factors: list[tuple[int, ...]]
     level_done: list[set[str]]
+    run: int | None = None
 
 
 def open_zarr_target(dest: Path, existing: ExistingOutput, *, fingerprint: dict, overwrite: bool,
                      source_path: Path | None, out_axes: str, layout: Layout, chunk: tuple[int, ...],
                      multiscales: Callable[[list[tuple[int, ...]]], dict[str, Any]], prov: dict[str, Any],
-                     ngff_version: str, factors: list[tuple[int, ...]]) -> ZarrTarget:
+                     ngff_version: str, factors: list[tuple[int, ...]],
+                     shard: ShardPlan | None = None) -> ZarrTarget:
     """Create the OME-Zarr output at full size (with its pyramid levels), or reopen this job's unfinished one.
 
     ``factors``: the pyramid of a new output (:func:`n2x.io.pyramid.pyramid_factors`), ``multiscales(factors)``
-    its NGFF entry; an existing
-    output's own chunk grid and pyramid decide on resume. Another job's output, or anything else, is refused unless
+    its NGFF entry; ``shard``: the shards of a new sharded output (zarr format 3; ``chunk`` is then the chunk
+    inside a shard). An existing output's own chunk grid, shards and pyramid decide on resume. Another job's output, or anything else, is refused unless
     ``overwrite`` (then removed: a zarr, an empty folder or a file only, see :func:`n2x.io.ome_zarr.remove_output`).
     """
     resumable = existing.ours and not overwrite
@@ -173,8 +177,12 @@ def open_zarr_target(dest: Path, existing: ExistingOutput, *, fingerprint: dict,
             target = None
     # An output without a "pyramid" entry (written before pyramids) has one level.
     pyramid = [tuple(f) for f in (existing.record or {}).get("pyramid", [[1] * layout.ndim_spatial])]
+    run = None
     if target is not None and len(pyramid) == ome_zarr.level_count(dest):
-        chunk = tuple(int(target.chunks[out_axes.index(a)]) for a in layout.spatial)
+        unit = ome_zarr.write_unit(target)
+        chunk = tuple(unit[out_axes.index(a)] for a in layout.spatial)
+        if getattr(target, "shards", None) is not None:
+            run = unit[out_axes.index(layout.sample_axes[-1])] if layout.sample_axes else 1
         skipped = {"*"} if existing.state == "complete" else chunk_log.done()
         level_done = [skipped] + [ome_zarr.ChunkLog(dest, k).done() for k in range(1, len(pyramid))]
     else:
@@ -187,15 +195,23 @@ def open_zarr_target(dest: Path, existing: ExistingOutput, *, fingerprint: dict,
                            else chunk[layout.spatial.index(a)]) for a in out_axes)
         level_shapes = [tuple(-(-n // fs[layout.spatial.index(a)]) if a in layout.spatial else n
                               for a, n in zip(out_axes, out_shape)) for fs in pyramid[1:]]
+        shards = level_shards = None
+        if shard is not None:
+            # Level 0's shard holds shard.samples samples (written by one work unit); a pyramid block is one sample.
+            level_shards = tuple(shard.spatial[layout.spatial.index(a)] if a in layout.spatial else n
+                                 for a, n in zip(out_axes, out_chunks))
+            last = layout.sample_axes[-1] if layout.sample_axes else None
+            shards = tuple(shard.samples if a == last else n for a, n in zip(out_axes, level_shards))
+            chunk, run = shard.spatial, shard.samples
         dest.parent.mkdir(parents=True, exist_ok=True)
         target = ome_zarr.create_image(
             dest, out_shape, out_axes, out_chunks, version=ngff_version, multiscales=multiscales(pyramid),
-            level_shapes=level_shapes,
+            level_shapes=level_shapes, shards=shards, level_shards=level_shards,
             attrs={"n2x": {"status": "running", "fingerprint": fingerprint, "provenance": prov,
                            "pyramid": [list(f) for f in pyramid]}})
     for k in range(len(pyramid)):
         ome_zarr.ChunkLog(dest, k).ensure()
-    return ZarrTarget(target, chunk, skipped, pyramid, level_done)
+    return ZarrTarget(target, chunk, skipped, pyramid, level_done, run)
 
 
 def finish_zarr(dest: Path, n_levels: int = 1) -> None:

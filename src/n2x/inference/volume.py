@@ -38,8 +38,8 @@ from .fingerprint import job_fingerprint
 from .outputs import (existing_output, finish_tiff, finish_zarr, open_zarr_target, output_kind, provenance,
                       tiff_target)
 from .memory_budget import CHUNK_COPIES
-from .volume_plan import (SLAB_BYTES, auto_tile, batch_for_core, core_for_chunk, memory_budget, plan_volume,
-                          samples_per_read)
+from .volume_plan import (SLAB_BYTES, auto_tile, batch_for_core, core_for_chunk, memory_budget, plan_shard,
+                          plan_volume, samples_per_read)
 
 if TYPE_CHECKING:  # the model sits above the inference layer: the volume engine only calls it
     from ..model import Model
@@ -76,9 +76,10 @@ def iter_denoise_volume(model: Model, source: Any, destination: str | os.PathLik
                         tile: Sequence[int] | int | None = None, batch_size: int | None = None, level: int = 0,
                         overwrite: bool = False, should_stop: Callable[[], bool] | None = None,
                         chunks: Sequence[int] | int | None = None, halo: int | None = None,
-                        ngff_version: str = "0.4", scale: dict[str, float] | None = None,
+                        ngff_version: str | None = None, scale: dict[str, float] | None = None,
                         translation: dict[str, float] | None = None, units: dict[str, str] | None = None,
                         pyramid_levels: int | None = None, max_memory: float | None = None,
+                        shards: bool = False,
                         executor: ChunkExecutor | None = None) -> Generator[VolumeProgress, None, Path]:
     """Denoise ``source`` into ``destination`` chunk by chunk; a generator of :class:`VolumeProgress`.
 
@@ -108,12 +109,19 @@ def iter_denoise_volume(model: Model, source: Any, destination: str | os.PathLik
 
     ``pyramid_levels``: resolution levels of an OME-Zarr output (default: 2x down per level until Y and X are at
     most 256 px, see :mod:`n2x.io.pyramid`; 1: none), filled as the full-resolution chunks below them are written.
-    ``max_memory``: bytes one process (or cluster worker) may use (default and split:
+    ``shards``: write a sharded OME-Zarr (NGFF 0.5, zarr format 3): each file holds many chunks, as large as one
+    work unit can hold within the memory budget (:func:`.volume_plan.plan_shard`), for file systems that suffer
+    from many small files; readers still read chunk by chunk. ``ngff_version`` None means 0.5 with ``shards``,
+    else 0.4. ``max_memory``: bytes one process (or cluster worker) may use (default and split:
     :func:`.memory_budget.memory_budget_for`): chunk, tile and batch sizes follow it. ``executor(job, skipped)``: runs the chunks (default: this process,
     :func:`.chunks.run_chunks`; :mod:`n2x.batch.volume_cluster` runs them on a dask cluster).
     """
     dest = Path(destination)
     kind = output_kind(dest)
+    ngff_version = ngff_version or ("0.5" if shards else "0.4")
+    if shards and (kind != "zarr" or ngff_version != "0.5"):
+        raise OptionError("shards exist only in zarr format 3: an OME-Zarr output with NGFF 0.5",
+                          hint="write to a .zarr output with {ngff_version} 0.5, or leave {shards} off")
     if ngff_version not in ome_zarr.NGFF_VERSIONS:
         raise OptionError(f"ngff_version must be one of {', '.join(ome_zarr.NGFF_VERSIONS)}, not {ngff_version!r}",
                           hint="set {ngff_version} to one of " + ", ".join(ome_zarr.NGFF_VERSIONS))
@@ -137,7 +145,7 @@ def iter_denoise_volume(model: Model, source: Any, destination: str | os.PathLik
         return _start(model, src, dest, kind, layout, geometry, out_axes, fingerprint, lock, overwrite=overwrite,
                       level=level, batch_size=batch_size, should_stop=should_stop, ngff_version=ngff_version,
                       scale=scale, translation=translation, units=units, pyramid_levels=pyramid_levels,
-                      executor=executor)
+                      shards=shards, executor=executor)
     except BaseException:
         lock.release()
         raise
@@ -167,7 +175,7 @@ def _start(model: Model, src: _Source, dest: Path, kind: str, layout: Any, geome
            fingerprint: dict, lock: OutputLock, *, overwrite: bool, level: int, batch_size: int | None,
            should_stop: Callable[[], bool] | None, ngff_version: str, scale: dict[str, float] | None,
            translation: dict[str, float] | None, units: dict[str, str] | None, pyramid_levels: int | None,
-           executor: ChunkExecutor | None) -> Generator[VolumeProgress, None, Path]:
+           shards: bool, executor: ChunkExecutor | None) -> Generator[VolumeProgress, None, Path]:
     """Open or create the output (the lock held) and return the generator that computes its chunks; the lock goes
     when that generator ends, or is dropped without being run."""
     existing = existing_output(dest, kind, fingerprint)
@@ -192,12 +200,17 @@ def _start(model: Model, src: _Source, dest: Path, kind: str, layout: Any, geome
         out = open_zarr_target(
             dest, existing, fingerprint=fingerprint, overwrite=overwrite, source_path=src.path, out_axes=out_axes,
             layout=layout, chunk=geometry.chunk, multiscales=multiscales, prov=prov, ngff_version=ngff_version,
-            factors=pyramid_factors(layout.spatial, layout.spatial_shape, scale_, pyramid_levels))
+            factors=pyramid_factors(layout.spatial, layout.spatial_shape, scale_, pyramid_levels),
+            shard=plan_shard(layout, geometry.chunk, geometry.halo, geometry.chunk_bytes * CHUNK_COPIES / 6)
+            if shards else None)
         job.target, job.chunk, skipped = out.array, out.chunk, out.skipped
         job.chunk_log = ome_zarr.ChunkLog(dest)
         if len(out.factors) > 1:
             out_shape = tuple(layout.shape[layout.axes.index(a)] for a in out_axes)
-            grid = PyramidGrid(out_axes, layout.spatial, out_shape, job.target.chunks, out.factors)
+            # A pyramid block is one sample's write unit of its level (a level-0 shard may hold several samples).
+            unit = tuple(1 if a in layout.sample_axes else n
+                         for a, n in zip(out_axes, ome_zarr.write_unit(job.target)))
+            grid = PyramidGrid(out_axes, layout.spatial, out_shape, unit, out.factors)
             job.pyramid = PyramidTracker(grid, out.level_done)
             job.levels = [job.target] + [ome_zarr.open_array(dest, k) for k in range(1, grid.n_levels)]
     # Tiles split each chunk evenly (the chunk grid may be an earlier run's); batch from the budget of one tile.
@@ -206,6 +219,8 @@ def _start(model: Model, src: _Source, dest: Path, kind: str, layout: Any, geome
     # A run of samples read together (raw and normalised copies) may take a third of the chunk data budget.
     job.run = samples_per_read(src.data, layout, job.chunk, geometry.halo,
                                min(SLAB_BYTES, geometry.chunk_bytes * CHUNK_COPIES / 3))
+    if kind == "zarr" and out.run is not None:  # a shard's samples are written by one work unit
+        job.run = out.run
     run = _holding(lock, _run(job, skipped, kind, fingerprint, prov, scale_, units_, executor or run_chunks))
     weakref.finalize(run, lock.release)
     return run

@@ -19,6 +19,9 @@ from .tiling import default_tile, round_up, tiles_per_batch
 
 #: input bytes read at once for a run of samples of a 2D model (several planes share one input chunk)
 SLAB_BYTES = 256 * 2**20
+#: float32 output bytes a shard holds at most: a 500 GB result is then about 8000 shard files, where 1 MiB
+#: chunks would make half a million
+SHARD_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,46 @@ def plan_volume(model: Any, layout: Layout, *, tile: Sequence[int] | int | None 
             chunk = (min(want[0], limit[0]),) + chunk[1:]
         chunk = _fit_chunk(chunk, halo_px, layout.n_channels, split.chunk_bytes, [min(c, 4 * m) for c in chunk])
     return VolumePlan(tile=want, chunk=chunk, halo=halo_px, budget=budget, chunk_bytes=split.chunk_bytes)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The shards of a sharded output (zarr format 3): ``spatial``, the shard's extent along the layout's spatial
+    axes (pixels, a multiple of the chunk); ``samples``, the samples of the last sample axis it holds (1 where
+    there are none). One work unit computes and writes one shard whole."""
+
+    spatial: tuple[int, ...]
+    samples: int
+
+
+def plan_shard(layout: Layout, chunk: Sequence[int], halo: int, window_bytes: float,
+               shard_bytes: float | None = None) -> ShardPlan:
+    """The largest shard that one work unit can hold: starting from one ``chunk``, the samples (last sample axis)
+    and each spatial axis are doubled in turn, up to the data's extent, while the shard stays within
+    ``shard_bytes`` of float32 output (default :data:`SHARD_BYTES`) and its input window (with ``halo`` pixels per side, raw and normalised
+    copies) within ``window_bytes``. A shard bigger than a chunk means fewer files, not bigger reads: readers
+    still read chunk by chunk."""
+    shard_bytes = SHARD_BYTES if shard_bytes is None else shard_bytes
+    spatial, samples = [int(c) for c in chunk], 1
+    n_last = layout.sample_shape[-1] if layout.sample_axes else 1
+    limits = [ceil(n / c) * c for n, c in zip(layout.spatial_shape, chunk)]
+    ch = layout.n_channels
+
+    def fits(sp: Sequence[int], k: int) -> bool:
+        out = prod(sp) * k * ch * 4
+        window = prod(s + 2 * halo for s in sp) * k * ch * 4 * 2
+        return out <= shard_bytes and window <= window_bytes
+
+    grown = True
+    while grown:
+        grown = False
+        if samples < n_last and fits(spatial, min(2 * samples, n_last)):
+            samples, grown = min(2 * samples, n_last), True
+        for i in reversed(range(len(spatial))):  # X, then Y, then Z: planes before depth
+            wider = spatial[:i] + [min(2 * spatial[i], limits[i])] + spatial[i + 1:]
+            if wider[i] > spatial[i] and fits(wider, samples):
+                spatial, grown = wider, True
+    return ShardPlan(tuple(spatial), samples)
 
 
 def batch_for_core(model: Any, layout: Layout, core: Sequence[int], halo: int, budget: float,

@@ -153,17 +153,23 @@ def remove_output(path: Path, source: Path | None = None) -> None:
 
 def create_image(path: Path, shape: Sequence[int], axes: str, chunks: Sequence[int], *, attrs: dict[str, Any],
                  multiscales: dict[str, Any], version: Literal["0.4", "0.5"] = "0.4", dtype: str = "float32",
-                 level_shapes: Sequence[Sequence[int]] = ()):
+                 level_shapes: Sequence[Sequence[int]] = (), shards: Sequence[int] | None = None,
+                 level_shards: Sequence[int] | None = None):
     """Create the OME-Zarr group at ``path`` and its full-size array ``0`` (nothing computed yet); returns the array.
 
     ``level_shapes``: shapes of the pyramid levels 1, 2, ... (arrays ``1``, ``2``, ..., same chunks). NGFF 0.4 is
     zarr format 2 with ``/``-separated chunk keys, 0.5 is zarr format 3. Unwritten chunks read as 0.
+    ``shards`` (zarr format 3 only): the shard shape of array ``0``, a multiple of ``chunks``; each shard is one
+    file holding its chunks, and is written whole (see :func:`write_unit`). ``level_shards``: the pyramid levels'
+    shard shape (default ``shards``).
     """
     import zarr
 
     if version not in NGFF_VERSIONS:
         raise ValueError(f"ngff_version must be one of {NGFF_VERSIONS}, not {version!r}")
     fmt = 2 if version == "0.4" else 3
+    if shards is not None and fmt == 2:
+        raise ValueError("shards need zarr format 3 (NGFF 0.5)")
     group = zarr.open_group(str(path), mode="a", zarr_format=fmt)
     dims = [_AXIS_NAMES[a] for a in axes]
     kwargs: dict[str, Any] = {}
@@ -173,6 +179,9 @@ def create_image(path: Path, shape: Sequence[int], axes: str, chunks: Sequence[i
         kwargs["dimension_names"] = dims
     arrays = []
     for k, level_shape in enumerate([shape, *level_shapes]):
+        shard = shards if k == 0 else (level_shards or shards)
+        if shard is not None:
+            kwargs["shards"] = tuple(int(n) for n in shard)
         arr = group.create_array(str(k), shape=tuple(int(n) for n in level_shape),
                                  chunks=tuple(int(c) for c in chunks), dtype=dtype, fill_value=0.0, overwrite=True,
                                  **kwargs)
@@ -194,6 +203,15 @@ def open_array(path: Path, level: int = 0):
     import zarr
 
     return zarr.open_array(str(path / str(level)), mode="r+")
+
+
+def write_unit(array: Any) -> tuple[int, ...]:
+    """The shape that ``array`` (zarr) is written by: its shard where it is sharded, else its chunk.
+
+    A shard is one file: writing part of it reads, merges and rewrites the whole file, so two processes writing
+    parts of one shard at once would lose one's data. Every writer here writes whole write units.
+    """
+    return tuple(int(n) for n in (getattr(array, "shards", None) or array.chunks))
 
 
 def level_count(path: Path) -> int:
