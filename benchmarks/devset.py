@@ -92,14 +92,14 @@ def timelapse_centres(n_frames: int = TIMELAPSE_FRAMES) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def clean_timelapse(moving: bool = True) -> np.ndarray:
-    """``(24, 256, 256)`` float32 frames (TYX) cut from ``camera()`` (rescaled to [0, 1]); the static twin repeats
-    frame 0. Frame t: a 400 x 400 crop at the (integer) centre, rotated 0.4 t degrees about the crop centre with cubic
+def clean_timelapse(moving: bool = True, image: str = "camera") -> np.ndarray:
+    """``(24, 256, 256)`` float32 frames (TYX) cut from ``camera()`` (rescaled to [0, 1]), or from another
+    ``skimage.data`` image (``cell``: a microscopy image outside the dev set); the static twin repeats frame 0. Frame t: a 400 x 400 crop at the (integer) centre, rotated 0.4 t degrees about the crop centre with cubic
     interpolation, shifted by the centre's sub-pixel part, and its centre 256 x 256 kept (then clipped to [0, 1])."""
     from scipy import ndimage as ndi
     from skimage.transform import rotate
 
-    cam = np.pad(clean_image("camera"), 200, mode="reflect")  # the window's 400 x 400 crop may pass the edge
+    cam = np.pad(clean_image(image), 200, mode="reflect")  # the window's 400 x 400 crop may pass the edge
     half, keep = 200, (400 - TIMELAPSE_SIZE) // 2
     centres = timelapse_centres() + 200
     frames = []
@@ -115,10 +115,10 @@ def clean_timelapse(moving: bool = True) -> np.ndarray:
     return np.clip(np.stack(frames), 0, 1).astype(np.float32)
 
 
-def timelapse(kind: str, moving: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(clean, noisy)`` time-lapses (TYX) with ``kind`` G25 or PG noise, independent per frame (the frame index
-    is in each frame's seed)."""
-    clean = clean_timelapse(moving)
-    name = "timelapse" if moving else "timelapse-static"
+def timelapse(kind: str, moving: bool = True, image: str = "camera") -> tuple[np.ndarray, np.ndarray]:
+    """``(clean, noisy)`` time-lapses (TYX) of ``image`` with ``kind`` G25 or PG noise, independent per frame (the
+    frame index is in each frame's seed)."""
+    clean = clean_timelapse(moving, image)
+    name = ("timelapse" if moving else "timelapse-static") + ("" if image == "camera" else f"-{image}")
     noisy = np.stack([add_noise(frame, kind, name, f"a{t}") for t, frame in enumerate(clean)])
     return clean, noisy

@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None,
                     help="train every method this many steps instead of --budget seconds (a loaded, shared machine "
                          "makes equal time unequal work)")
+    ap.add_argument("--image", default="camera",
+                    help="skimage.data image the frames are cut from: camera (the dev set) or e.g. cell (outside it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -71,7 +73,7 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     for cond in args.conditions.split(","):
         motion, kind = cond.split("/")
-        clean, noisy = devset.timelapse(kind, moving=motion == "moving")
+        clean, noisy = devset.timelapse(kind, moving=motion == "moving", image=args.image)
         per_pair = flow_cost(noisy)
         n_pairs = len(noisy) - 1
         rows.append({"condition": cond, "method": "noisy", "psnr": metrics(noisy, clean)[0],
@@ -80,7 +82,7 @@ def main() -> None:
         print(f"{cond}: noisy {rows[-1]['psnr']:.2f} dB; flow {per_pair:.2f} s per pair, {n_pairs} pairs = "
               f"{100 * rows[-1]['flow_share']:.0f}% of a {args.budget:.0f} s budget", flush=True)
         for key in args.methods.split(","):
-            res = {"condition": cond, "method": key, "budget": None if args.steps else args.budget,
+            res = {"condition": cond, "image": args.image, "method": key, "budget": None if args.steps else args.budget,
                    **run_method(key, clean, noisy, args.budget, args.seed, args.steps)}
             rows.append(res)
             print(f"  {key:9s} {res['psnr']:6.2f} dB  SSIM {res['ssim']:.3f}  steps {res['steps']:5d}  "

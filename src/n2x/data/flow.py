@@ -10,16 +10,19 @@ pixels where the warp is wrong:
 - mask: forward/backward consistency (Sundaram et al. 2010), warping residual of the smoothed frames above a
   multiple of their noise, and samples that land outside the frame.
 
-Flows are computed lazily on a fixed grid of tiles (each with a margin, so the flow is right up to the tile's edge)
-for the frame pairs and regions the patch sampler reads, and kept in an LRU cache bounded in bytes: a long,
-large time-lapse never holds all its flows. Arrays are ``(channel, Y, X)``; flows are displacements in pixels,
-``(dy, dx)``, on the grid of the reference frame: ``reference[p] ~ moving[p + flow[p]]``.
+Flows are computed lazily (:class:`Aligner`), once for each region of a frame pair that the patch sampler reads (its
+in-memory copy of a stack that fits, its random regions of one read lazily, its validation patches), on the region
+grown by a margin so that the flow is right up to the region's edge. Nothing is cached here: a block is held once, in
+the sampler's regions, so the flows count within its ``max_memory`` and a long, large time-lapse never holds all of
+them. (A cache of flow tiles under the sampler's own cache of regions held them twice, and cost more than it saved:
+a random region spans about 4 tiles, and a stack too large for the budget has flows too large for any share of it.)
+Arrays are ``(channel, Y, X)``; flows are displacements in pixels, ``(dy, dx)``, on the grid of the reference frame:
+``reference[p] ~ moving[p + flow[p]]``.
 """
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -42,9 +45,10 @@ class FlowSettings:
     attachment: float = 5.0  # TV-L1 data weight: lower than skimage's 15, smoother flows from noisy frames
     consistency: tuple[float, float] = (0.01, 0.5)  # forward/backward check |f + b|^2 <= a (|f|^2 + |b|^2) + b
     residual: float = 4.0  # a warped pixel differs by more than this many noise sigmas: an occlusion or a mismatch
-    tile: int = 256  # flows are computed and cached by tiles of this size...
-    margin: int = 32  # ...each on a region this much larger on every side (motion up to this is followed)
-    cache_bytes: int = 256 * 2**20  # bound on the cached alignment tiles
+    margin: int = 32  # a region's flow is computed on it grown by this on every side (motion up to this is followed)
+    # a larger region is aligned tile by tile: TV-L1 and the masks work in about 140 bytes per pixel aligned, so a
+    # whole 2048 x 2048 frame would need 550 MiB at once, a tile of 1024 x 1024 with its margins 160 MiB
+    tile: int = 1024
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -117,11 +121,12 @@ def align_pair(first: np.ndarray, second: np.ndarray, settings: FlowSettings = F
                            ab, valid_mask(ab, ba, a, b, sigma, settings, inside)[None]]).astype(np.float32)
 
 
-class AlignmentCache:
-    """Alignment blocks of frame pairs, computed by tiles on demand and kept in an LRU bounded by ``cache_bytes``.
+class Aligner:
+    """Alignment blocks of frame pairs, computed on demand for the regions read, and what they cost.
 
     ``read_pair(pair, region)`` must return the two frames ``(C, Y, X)`` of frame pair ``pair`` over a 2D ``region``
-    (slices); ``frame_shape`` is ``(Y, X)``. Thread-safe (the patch sampler reads in a background thread).
+    (slices); ``frame_shape`` is ``(Y, X)``. Keeps no block (the reader holds it); its counters are thread-safe (the
+    patch sampler reads in a background thread).
     """
 
     def __init__(self, read_pair: Callable[[int, tuple[slice, slice]], tuple[np.ndarray, np.ndarray]],
@@ -129,52 +134,35 @@ class AlignmentCache:
         self.read_pair = read_pair
         self.frame_shape = tuple(int(n) for n in frame_shape)
         self.settings = settings
-        self._tiles: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self.cached_bytes = 0
-        self.tiles_computed = 0
+        self.regions_computed = 0
+        self.pixels_computed = 0  # aligned pixels, margins included (the flow's cost grows with them)
         self.seconds = 0.0  # spent computing alignments (the flow's cost)
 
     def region(self, pair: int, region: tuple[slice, ...]) -> np.ndarray:
-        """The alignment block ``(6, *region shape)`` of frame pair ``pair`` over ``region``."""
+        """The alignment block ``(6, *region shape)`` float32 of frame pair ``pair`` over ``region``, computed on the
+        region grown by the margin (within the frame), by tiles of at most ``settings.tile`` pixels a side."""
         (y0, y1, _), (x0, x1, _) = (r.indices(n) for r, n in zip(region, self.frame_shape))
         out = np.empty((ALIGN_CHANNELS, y1 - y0, x1 - x0), np.float32)
         t = self.settings.tile
-        for ty in range(y0 // t, -(-y1 // t)):
-            for tx in range(x0 // t, -(-x1 // t)):
-                tile = self._tile(pair, ty, tx)
-                ys, ye = max(y0, ty * t), min(y1, (ty + 1) * t)
-                xs, xe = max(x0, tx * t), min(x1, (tx + 1) * t)
-                out[:, ys - y0:ye - y0, xs - x0:xe - x0] = tile[:, ys - ty * t:ye - ty * t, xs - tx * t:xe - tx * t]
+        for ty in range(y0, y1, t):
+            for tx in range(x0, x1, t):
+                ye, xe = min(y1, ty + t), min(x1, tx + t)
+                out[:, ty - y0:ye - y0, tx - x0:xe - x0] = self._align(pair, ty, ye, tx, xe)
+        with self._lock:
+            self.regions_computed += 1
         return out
 
-    def _tile(self, pair: int, ty: int, tx: int) -> np.ndarray:
-        key = (pair, ty, tx)
-        with self._lock:
-            if key in self._tiles:
-                self._tiles.move_to_end(key)
-                return self._tiles[key]
-        t, m = self.settings.tile, self.settings.margin
+    def _align(self, pair: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The alignment block of ``[y0:y1, x0:x1]``, computed on that grown by the margin (within the frame)."""
+        m = self.settings.margin
         (ny, nx) = self.frame_shape
-        y0, x0 = max(0, ty * t - m), max(0, tx * t - m)
-        y1, x1 = min(ny, (ty + 1) * t + m), min(nx, (tx + 1) * t + m)
+        gy0, gx0, gy1, gx1 = max(0, y0 - m), max(0, x0 - m), min(ny, y1 + m), min(nx, x1 + m)
         start = time.perf_counter()
-        first, second = self.read_pair(pair, (slice(y0, y1), slice(x0, x1)))
-        inside = (np.array([-y0, -x0], np.float32), np.array([ny - 1 - y0, nx - 1 - x0], np.float32))
+        first, second = self.read_pair(pair, (slice(gy0, gy1), slice(gx0, gx1)))
+        inside = (np.array([-gy0, -gx0], np.float32), np.array([ny - 1 - gy0, nx - 1 - gx0], np.float32))
         block = align_pair(first, second, self.settings, inside)
-        cy, cx = ty * t - y0, tx * t - x0
-        tile = np.ascontiguousarray(block[:, cy:cy + min(t, ny - ty * t), cx:cx + min(t, nx - tx * t)])
         with self._lock:
             self.seconds += time.perf_counter() - start
-            self.tiles_computed += 1
-            if key not in self._tiles:
-                self._tiles[key] = tile
-                self.cached_bytes += tile.nbytes
-            while self.cached_bytes > self.settings.cache_bytes and len(self._tiles) > 1:
-                _, old = self._tiles.popitem(last=False)
-                self.cached_bytes -= old.nbytes
-        return tile
-
-    @property
-    def n_cached(self) -> int:
-        return len(self._tiles)
+            self.pixels_computed += (gy1 - gy0) * (gx1 - gx0)
+        return block[:, y0 - gy0:y1 - gy0, x0 - gx0:x1 - gx0]

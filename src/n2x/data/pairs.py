@@ -132,11 +132,12 @@ def stack_sources(images: Sequence[Any], layouts: Sequence[Layout], pairs: str, 
 
 def f2f_sources(images: Sequence[Any], layouts: Sequence[Layout], settings: Any = None) -> list[Source]:
     """Frame-to-frame pairs along T: frame ``t`` with ``t + 1`` and their alignment block (see
-    :func:`n2x.data.flow.align_pair`), computed lazily per region and cached within ``settings.cache_bytes`` per image.
+    :func:`n2x.data.flow.align_pair`), computed for each region read (:class:`n2x.data.flow.Aligner`) and held only
+    by the reader, so that it counts within the sampler's ``max_memory``.
 
     The frames must be 2D (Z planes are paired plane by plane with their own flows); channels share one flow.
     """
-    from .flow import ALIGN_CHANNELS, ALIGN_VECTORS, AlignmentCache, FlowSettings
+    from .flow import ALIGN_CHANNELS, ALIGN_VECTORS, Aligner, FlowSettings
 
     settings = settings or FlowSettings()
     sources = []
@@ -150,11 +151,11 @@ def f2f_sources(images: Sequence[Any], layouts: Sequence[Layout], settings: Any 
             a, b = partners[p]
             return lay.read(img, a, region), lay.read(img, b, region)
 
-        cache = AlignmentCache(read_pair, lay.spatial_shape, settings)
+        aligner = Aligner(read_pair, lay.spatial_shape, settings)
 
-        def read(s: int, region, read_pair=read_pair, cache=cache):
-            return read_pair(s, region) + (cache.region(s, region),)
+        def read(s: int, region, read_pair=read_pair, aligner=aligner):
+            return read_pair(s, region) + (aligner.region(s, region),)
 
         sources.append(Source(lay, len(partners), read, 2, f"image {i} (frame-to-frame pairs along T)",
-                              aux_channels=ALIGN_CHANNELS, aux_vectors=ALIGN_VECTORS, aux_cache=cache))
+                              aux_channels=ALIGN_CHANNELS, aux_vectors=ALIGN_VECTORS, aux_cache=aligner))
     return sources

@@ -2,8 +2,9 @@
 
 Data come as :class:`Source` objects: aligned stacks (one for Noise2Void, input and target for Noise2Noise) that can
 read a spatial region of one sample. When everything fits into ``max_memory`` bytes it is read once; otherwise a
-cache of random regions is kept within that budget and refreshed in a background thread, so training memory is
-bounded by the parameter, not by the data's size.
+cache of random regions is kept within that budget (with the validation patches) and refreshed in a background
+thread, so training memory is bounded by the parameter, not by the data's size. Per-pixel data computed with the
+stacks (F2F's flows) are part of each region read and held only there.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from .axes import Layout, check_finite, constant_value
 from .normalize import Normalization
 
 Region = tuple[slice, ...]
+#: random regions read before training starts when each comes with a costly aux block (F2F's flows); enough for the
+#: normalisation's statistics (8 regions of 256 x 256 for F2F's 64 x 64 patches: half a million pixels)
+FIRST_AUX_REGIONS = 8
 
 
 @dataclass
@@ -32,7 +36,7 @@ class Source:
     With ``aux_channels`` > 0, ``read`` returns one more array, ``(aux_channels, *spatial)``: per-pixel data that go
     with the stacks but are not intensities (frame-to-frame alignment: flows and masks). It is not normalised;
     ``aux_vectors`` are its channels where a displacement ``(d_Z, d_Y, d_X)`` or ``(d_Y, d_X)`` in pixels starts, which
-    flips and rotations turn with the patch. ``aux_cache`` is whatever computes it (for reports: its cost, its size).
+    flips and rotations turn with the patch. ``aux_cache`` is whatever computes it (for reports: its cost).
     """
 
     layout: Layout
@@ -119,11 +123,20 @@ class PatchSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._incoming: queue.Queue = queue.Queue(maxsize=4)
+        # the random regions of a stack read lazily share the budget with the validation patches (a stack held in
+        # memory does not: its bytes_needed count every sample)
+        val_bytes = n_val_patches * prod(self.patch) * 4 * sum(self.array_channels)
+        self.region_memory = max(0.0, self.max_memory - val_bytes)
+        self.n_regions = 0  # random regions kept when read lazily
         if self.in_memory:
-            raw = [(src.read(s, split.train_region)) for src, split in zip(self.sources, self.splits)
+            raw = [src.read(s, split.train_region) for src, split in zip(self.sources, self.splits)
                    for s in split.train_samples]
         else:
-            raw = [self._read_random_region(self.rng) for _ in range(self._n_cache_regions())]
+            self.n_regions = self._n_cache_regions()
+            # An aux block costs (F2F's flows: 1-1.5 s per region of 256 x 256 on a CPU, and a 2 GiB budget keeps 256
+            # regions): training starts from a few regions, and the background reader adds the rest.
+            n_first = min(self.n_regions, FIRST_AUX_REGIONS) if self.aux_channels else self.n_regions
+            raw = [self._read_random_region(self.rng) for _ in range(n_first)]
         for blocks in raw:
             for b in blocks:
                 check_finite(b, "the training data")
@@ -157,7 +170,7 @@ class PatchSampler:
     def _n_cache_regions(self) -> int:
         shape = self._cache_region_shape(self.sources[0])
         per_region = prod(shape) * 4 * sum(self.array_channels)
-        return int(max(4, min(256, self.max_memory // max(per_region, 1))))
+        return int(max(4, min(256, self.region_memory // max(per_region, 1))))
 
     def _cache_region_shape(self, src: Source) -> tuple[int, ...]:
         return tuple(min(n, 4 * p) for n, p in zip(_region_shape(self.splits[self.sources.index(src)].train_region,
@@ -210,13 +223,34 @@ class PatchSampler:
                 shape = _region_shape(region, src.spatial_shape)
                 starts = [range(r.start, r.start + n - p + 1, p) for r, n, p in zip(region, shape, self.patch)]
                 grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, self.ndim)
-                for g in grid[rng.permutation(len(grid))][: max(1, n_max // len(parts))]:
-                    sub = tuple(slice(int(a), int(a) + p) for a, p in zip(g, self.patch))
-                    picks.append(self._normalize(src.read(s, sub)))
+                subs = [tuple(slice(int(a), int(a) + p) for a, p in zip(g, self.patch))
+                        for g in grid[rng.permutation(len(grid))][: max(1, n_max // len(parts))]]
+                picks += [self._normalize(blocks) for blocks in self._read_patches(src, s, region, subs)]
         if not picks:  # nothing held out: validate on fixed training patches (not independent)
             return self._draw(min(n_max, 32), np.random.default_rng(777), augment=False)
         picks = picks[:n_max]
         return tuple(np.stack([p[i] for p in picks]) for i in range(len(self.array_channels)))
+
+    def _read_patches(self, src: Source, s: int, region: Region, subs: list[Region]) -> list[tuple[np.ndarray, ...]]:
+        """The blocks of sample ``s`` at each patch region of ``subs`` (inside ``region``).
+
+        An aux block (an optical flow) costs by the area computed, margins included: a 64 x 64 patch with F2F's
+        32 px margin computes 4x its area. Where the patches cover a quarter of ``region`` or more, one read of the
+        region costs less, so it is read once and cut; otherwise (a few patches of a large frame) each patch is read
+        on its own, so the cost is bounded by the patches, not by the frame.
+        """
+        if not src.aux_channels or 4 * len(subs) * prod(self.patch) < prod(_region_shape(region, src.spatial_shape)):
+            return [src.read(s, sub) for sub in subs]
+        whole = src.read(s, region)
+        cuts = [(slice(None),) + tuple(slice(q.start - r.start, q.stop - r.start) for q, r in zip(sub, region))
+                for sub in subs]
+        return [tuple(b[cut] for b in whole) for cut in cuts]
+
+    def bytes_held(self) -> int:
+        """Bytes of patch data held: the training regions and the validation patches, with their aux blocks."""
+        with self._lock:
+            regions = sum(b.nbytes for blocks in self._regions for b in blocks)
+        return regions + sum(v.nbytes for v in self.val_patches or ())
 
     # -- sampling --------------------------------------------------------------------------------------------
     def _draw(self, n: int, rng: np.random.Generator, augment: bool = True) -> tuple[np.ndarray, ...]:
@@ -262,7 +296,10 @@ class PatchSampler:
         if new:
             regions = list(self._regions)
             for blocks in new:
-                regions[int(self.rng.integers(0, len(regions)))] = blocks
+                if len(regions) < self.n_regions:
+                    regions.append(blocks)
+                else:
+                    regions[int(self.rng.integers(0, len(regions)))] = blocks
             self._set_regions(regions)
 
     def _reader(self) -> None:
