@@ -16,6 +16,17 @@ def psnr(x: np.ndarray, clean: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((np.asarray(x, np.float64) - clean) ** 2)))
 
 
+#: training options of a tiny, fast model for the volume, pyramid, shard and cluster tests
+TINY = {"steps": 2, "network": {"features": 8}, "device": "cpu", "seed": 0, "batch_size": 4}
+
+
+def noisy_waves(shape, seed=0):
+    """float32 ``shape`` (last two axes Y, X): smooth waves around 0.5 plus Gaussian noise of sigma 0.1."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(0, 6, shape[-2]), np.linspace(0, 6, shape[-1]), indexing="ij")
+    return (0.5 + 0.4 * np.sin(yy) * np.cos(xx) + rng.normal(0, 0.1, shape)).astype(np.float32)
+
+
 def run_cli(*args, check=True, **kwargs):
     """Run the real ``n2x`` command (as ``python -m n2x.cli``); raise with its output when it fails and ``check``."""
     proc = subprocess.run([sys.executable, "-m", "n2x.cli", *map(str, args)], capture_output=True, text=True,

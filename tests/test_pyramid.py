@@ -6,14 +6,7 @@ import zarr
 
 import n2x
 from n2x.io.pyramid import PyramidGrid, pyramid_factors
-
-TINY = {"steps": 2, "network": {"features": 8}, "device": "cpu", "seed": 0, "batch_size": 4}
-
-
-def noisy(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 6, shape[-2]), np.linspace(0, 6, shape[-1]), indexing="ij")
-    return (0.5 + 0.4 * np.sin(yy) * np.cos(xx) + rng.normal(0, 0.1, shape)).astype(np.float32)
+from conftest import TINY, noisy_waves as noisy
 
 
 def mean2(a, axes):
