@@ -14,23 +14,49 @@ from conftest import psnr
 RUN = dict(steps=100, patch_size=32, batch_size=8, seed=0, device="cpu")
 
 
+# Sizes that are not multiples of the U-Net's pooling factor (8), and points at the centre, a corner, an edge and
+# next to the padded end: zero padding and the shifted poolings must keep every one of them blind.
+@pytest.mark.parametrize("trunk", ["unet", "dilated"])
 @pytest.mark.parametrize("ndim,shape", [(2, (37, 41)), (3, (9, 33, 29))])
-def test_network_output_ignores_its_own_pixel(ndim, shape):
+def test_network_output_ignores_its_own_pixel(ndim, shape, trunk):
     torch.manual_seed(0)
-    net = ShiftedBSN(ndim=ndim, features=16, dilations=(1, 2), z_context=2)
+    net = ShiftedBSN(ndim=ndim, features=16, dilations=(1, 2), z_context=2, trunk=trunk, depth=3)
     x = torch.randn((1, 1) + shape, requires_grad=True)
     out = net(x)
-    centre = tuple(s // 2 for s in shape)
-    for ch in (0, 1):  # the prior mean and the prior variance
-        (grad,) = torch.autograd.grad(out[(0, ch) + centre], x, retain_graph=True)
-        g = grad[0, 0].abs()
-        assert g[centre] == 0
-        assert (g > 0).sum() > 40  # it does see the neighbourhood
-        if ndim == 3:  # and, in 3D, the voxels right above and below
-            z, y, xx = centre
-            assert g[z - 1, y, xx] > 0 and g[z + 1, y, xx] > 0
-        nz = torch.nonzero(g > 0)
-        assert int((nz - torch.tensor(centre)).abs().max()) <= net.receptive_radius()
+    assert out.shape == (1, 2) + shape
+    points = [tuple(s // 2 for s in shape), (0,) * len(shape), tuple(s - 1 for s in shape),
+              tuple(s // 2 for s in shape[:-1]) + (shape[-1] - 2,)]
+    for point in points:
+        for ch in (0, 1):  # the prior mean and the prior variance
+            (grad,) = torch.autograd.grad(out[(0, ch) + point], x, retain_graph=True)
+            g = grad[0, 0].abs()
+            assert g[point] == 0, (point, ch)
+            assert (g > 0).sum() > (40 if point == points[0] else 0)  # it does see the neighbourhood
+            if ndim == 3 and point == points[0]:  # and, in 3D, the voxels right above and below
+                z, y, xx = point
+                assert g[z - 1, y, xx] > 0 and g[z + 1, y, xx] > 0
+            # the four nearest neighbours in the plane are seen (the four half-planes join at the pixel)
+            if point == points[0]:
+                *lead, y, xx = point
+                for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                    assert g[(*lead, y + dy, xx + dx)] > 0, (dy, dx)
+            nz = torch.nonzero(g > 0)
+            assert int((nz - torch.tensor(point)).abs().max()) <= net.receptive_radius()
+
+
+def test_unet_trunk_sees_far_and_pads_to_its_pooling_factor():
+    """The U-Net trunk's receptive field spans the whole 64 x 64 patch (the dilated one: 20 px), and a tile that is
+    a multiple of 8 gives the same values as the same pixels inside a larger, zero-padded one."""
+    torch.manual_seed(0)
+    net = ShiftedBSN(features=8, trunk="unet", depth=3).eval()
+    assert net.multiple == 8
+    x = torch.randn(1, 1, 64, 64, requires_grad=True)
+    (grad,) = torch.autograd.grad(net(x)[0, 0, 32, 32], x)
+    assert int((grad[0, 0] != 0).sum()) == 64 * 64 - 1
+    with torch.no_grad():
+        small = net(x[..., :61, :59])
+        padded = net(torch.nn.functional.pad(x[..., :61, :59], (0, 5, 0, 3)))
+    torch.testing.assert_close(small, padded[..., :61, :59])
 
 
 def test_posterior_mean_weighs_the_pixel_by_the_prior_variance():
@@ -54,12 +80,13 @@ def _pair(noise: str, seed: int):
 @pytest.mark.parametrize("noise", ["gaussian", "pg"])
 def test_learns_more_than_n2v_in_the_same_steps(noise):
     noisy, clean = _pair(noise, 5)
-    bsn = n2x.train(noisy, "YX", "bsn", ensemble=2, **RUN)
+    bsn = n2x.train(noisy, "YX", "bsn", ensemble=2, trunk="unet", **RUN)  # `auto` would pick dilated at 128 px
+    assert bsn.config["network"]["trunk"] == "unet"
     n2v = n2x.train(noisy, "YX", "n2v", **RUN)
     p_noisy, p_n2v = psnr(noisy, clean), psnr(n2v.predict(noisy, "YX"), clean)
     p_bsn = psnr(bsn.predict(noisy, "YX"), clean)
     assert p_bsn > p_noisy + 4
-    # measured: +1.4 dB (Gaussian), +0.8 dB (Poisson-Gaussian)
+    # measured with the dilated trunk: +1.4 dB (Gaussian), +0.8 dB (Poisson-Gaussian); the U-Net trunk passes too
     assert p_bsn > p_n2v + 0.3, (p_noisy, p_bsn, p_n2v)
     sigma = bsn.config["method"]["noise_sigma"]  # measured on the first batch, normalised units
     norm = bsn.config["normalization"]
@@ -74,6 +101,7 @@ def test_small_image_does_not_collapse():
     noisy = (clean + np.random.default_rng(2).normal(0, 0.1, clean.shape)).astype(np.float32)
     model = n2x.train(noisy, "YX", "bsn", steps=200, batch_size=8, seed=0, device="cpu", ensemble=2)
     assert model.config["patch_shape"] == [32, 32]  # a third of the image: room for a held-out stripe
+    assert model.config["network"]["trunk"] == "dilated"  # `auto`: the U-Net would see mostly padding
     assert model.config["training"]["val_independent"]
     n2v = n2x.train(noisy, "YX", "n2v", steps=200, batch_size=8, seed=0, device="cpu")
     p_noisy, p_bsn = psnr(noisy, clean), psnr(model.predict(noisy, "YX"), clean)
@@ -88,9 +116,24 @@ def test_3d_denoises_and_round_trips(tmp_path):
     model = n2x.train(noisy, axes, "bsn", steps=40, patch_size=(8, 32, 32), batch_size=2, seed=0, device="cpu",
                       ensemble=1)
     assert model.config["network"]["ndim"] == 3
+    assert model.config["network"]["trunk"] == "dilated"  # `auto` in 3D (the U-Net's 3D blindness: above)
     out = model.predict(noisy, axes)
     assert out.shape == noisy.shape
     assert psnr(out, clean) > psnr(noisy, clean) + 3
     path = n2x.save_model(model, tmp_path / "bsn3d")
     again = n2x.load_model(path).predict(noisy, axes)
     np.testing.assert_allclose(again, out, atol=1e-5)
+
+
+def test_unet_trunk_tiles_match_the_whole_image():
+    """An image that is no multiple of the pooling factor, denoised whole and in 64 px tiles (halo from the
+    receptive radius, windows on the pooling grid): the same values."""
+    noisy, _, _ = noisy_sample("2d", "gaussian", seed=3)
+    noisy = noisy[:150, :130]
+    model = n2x.train(noisy, "YX", "bsn", trunk="unet", steps=2, patch_size=64, batch_size=2, seed=0, device="cpu",
+                      ensemble=1)
+    assert model.config["network"]["trunk"] == "unet" and model.multiple == 8
+    whole = model.predict(noisy, "YX")
+    tiled = model.predict(noisy, "YX", tile=64)
+    assert whole.shape == noisy.shape
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)

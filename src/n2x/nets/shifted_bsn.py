@@ -1,9 +1,11 @@
 """The all-pixel blind-spot network of the ``bsn`` method: a prior mean and a prior variance for every pixel from
 everything but the pixel itself (Laine et al., NeurIPS 2019), in 2D and in 3D.
 
-- **In the plane** the network is AP-BSN's blind box with a 1 x 1 box (:class:`~n2x.nets.blindbox.BlindBoxNet`
-  with ``blind=0``): four rotated branches of half-plane convolutions, each shifted by one pixel, so together they
-  see every pixel of the plane but the centre. Its output here is a feature map, not a prediction.
+- **In the plane** (``trunk``) four rotated branches of half-plane networks, each shifted by one pixel, so together
+  they see every pixel of the plane but the centre; their fused output here is a feature map, not a prediction.
+  ``"unet"``: Laine et al.'s U-Net of shifted convolutions and poolings (:class:`~n2x.nets.shifted_unet.ShiftedUNet`,
+  sizes padded to a multiple of ``2 ** depth``); ``"dilated"``: AP-BSN's blind box with a 1 x 1 box
+  (:class:`~n2x.nets.blindbox.BlindBoxNet` with ``blind=0``: dilated half-plane convolutions at full resolution).
 - **In 3D** the noise of the neighbouring planes is independent of the centre voxel's (pixel-independent noise), so
   they need no blind spot at all: the planes ``z - k .. z - 1`` and ``z + 1 .. z + k`` go through a small ordinary
   2D convolution stack and join the blind in-plane features in the 1 x 1 head. Every convolution is 2D: a voxel
@@ -26,23 +28,26 @@ import torch.nn.functional as F
 
 from . import register_network
 from .blindbox import BlindBoxNet, BoxMaskedConv2d
+from .shifted_unet import ShiftedUNet
+
+#: the in-plane trunks; a model file without ``trunk`` predates the U-Net and has the dilated one
+TRUNKS = ("unet", "dilated")
 
 
 
 @register_network("shifted_bsn")
 class ShiftedBSN(nn.Module):
-    """Blind in-plane features (:class:`BlindBoxNet`, ``blind=0``) + in 3D the ``z_context`` planes on each side.
+    """Blind in-plane features (``trunk``) + in 3D the ``z_context`` planes on each side.
 
-    ``features``: channels of every layer; ``dilations``: the half-plane layers' dilations (receptive radius in the
-    plane ``2 + sum(dilations)`` pixels); ``z_context``: planes on each side seen in 3D; ``noise_var``: the initial
-    noise variance in normalised units.
+    ``trunk``: ``"unet"`` (:class:`ShiftedUNet` with ``depth`` poolings) or ``"dilated"`` (:class:`BlindBoxNet`,
+    ``blind=0``, with ``dilations``: receptive radius in the plane ``2 + sum(dilations)`` pixels); ``features``:
+    channels of every layer (the U-Net's encoder); ``z_context``: planes on each side seen in 3D; ``noise_var``: the
+    initial noise variance in normalised units.
     """
-
-    multiple = 1
 
     def __init__(self, ndim: int = 2, in_channels: int = 1, out_channels: int | None = None, features: int = 16,
                  dilations: tuple[int, ...] | list[int] = (1, 2, 4, 8, 1, 2), z_context: int = 2,
-                 noise_var: float = 0.1):
+                 noise_var: float = 0.1, trunk: str = "dilated", depth: int = 3):
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"the shifted blind-spot network is 2D or 3D, not {ndim}D")
@@ -52,7 +57,15 @@ class ShiftedBSN(nn.Module):
         c, f = int(in_channels), int(features)
         self.ndim, self.channels = ndim, c
         self.z_context = int(z_context) if ndim == 3 else 0
-        self.plane = BlindBoxNet(2, c, f, features=f, blind=0, dilations=dilations)
+        if trunk not in TRUNKS:
+            raise ValueError(f"trunk must be one of {TRUNKS}, not {trunk!r}")
+        self.trunk = trunk
+        if trunk == "unet":
+            self.plane: nn.Module = ShiftedUNet(2, c, f, features=f, depth=depth)
+        else:
+            self.plane = BlindBoxNet(2, c, f, features=f, blind=0, dilations=dilations)
+        #: tile sizes that need no padding (the U-Net's pooling factor)
+        self.multiple = getattr(self.plane, "multiple", 1)
         n_in = f
         if self.z_context > 0:
             self.context = nn.Sequential(nn.Conv2d(2 * self.z_context * c, f, 3, padding=1), nn.ReLU(inplace=True),
@@ -85,10 +98,6 @@ class ShiftedBSN(nn.Module):
         if kwargs.get("memory_format") is torch.channels_last_3d:
             kwargs["memory_format"] = torch.channels_last
         return super().to(*args, **kwargs)
-
-    @property
-    def dilations(self) -> tuple[int, ...]:
-        return self.plane.dilations
 
     def receptive_radius(self) -> int:
         """Pixels on each side of an output pixel (along any axis) that can influence it."""
