@@ -18,8 +18,11 @@ CPU_WORKER_MEMORY = 1.5 * 2**30
 BASELINE_BYTES = 450 * 2**20
 #: share of the rest given to the activations of one network call on a CPU
 ACTIVATION_SHARE = 0.4
-#: float32 chunk-sized buffers alive at once: read-ahead window, normalised window, prediction, pending writes, pyramid
+#: float32 chunk-sized buffers alive at once: per sample of a run read together, its window, normalised window,
+#: read-ahead window and prediction (:data:`RUN_COPIES`); then the pending writes and a pyramid block
 CHUNK_COPIES = 9
+#: the copies that scale with the samples read together (see :func:`run_window_bytes`)
+RUN_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,10 @@ def parse_memory(text: str | float | int | None) -> float | None:
     if t and t[-1] in units:
         return float(t[:-1]) * units[t[-1]]
     return float(t)
+
+
+def run_window_bytes(chunk_bytes: float, pending_writes: int) -> float:
+    """Bytes the float32 input windows of one run of samples may take (raw and normalised copies together), so that
+    the four copies per sample (:data:`RUN_COPIES`), ``pending_writes`` chunks waiting to be written and one pyramid
+    block stay within :data:`CHUNK_COPIES` chunk budgets of ``chunk_bytes``."""
+    return 2 * chunk_bytes * max(1, CHUNK_COPIES - pending_writes - 1) / RUN_COPIES

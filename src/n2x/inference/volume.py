@@ -33,11 +33,11 @@ from ..io import ome_zarr
 from ..io.images import ImageInfo, open_image
 from ..io.paths import is_within
 from ..io.pyramid import PyramidGrid, PyramidTracker, pyramid_factors
-from .chunks import ChunkExecutor, ChunkJob, VolumeProgress, run_chunks
+from .chunks import MAX_PENDING_WRITES, ChunkExecutor, ChunkJob, VolumeProgress, run_chunks
 from .fingerprint import job_fingerprint
 from .outputs import (existing_output, finish_tiff, finish_zarr, open_zarr_target, output_kind, provenance,
                       tiff_target)
-from .memory_budget import CHUNK_COPIES
+from .memory_budget import run_window_bytes
 from .volume_plan import (SLAB_BYTES, auto_tile, batch_for_core, core_for_chunk, memory_budget, plan_shard,
                           plan_volume, samples_per_read)
 
@@ -201,7 +201,7 @@ def _start(model: Model, src: _Source, dest: Path, kind: str, layout: Any, geome
             dest, existing, fingerprint=fingerprint, overwrite=overwrite, source_path=src.path, out_axes=out_axes,
             layout=layout, chunk=geometry.chunk, multiscales=multiscales, prov=prov, ngff_version=ngff_version,
             factors=pyramid_factors(layout.spatial, layout.spatial_shape, scale_, pyramid_levels),
-            shard=plan_shard(layout, geometry.chunk, geometry.halo, geometry.chunk_bytes * CHUNK_COPIES / 6)
+            shard=plan_shard(layout, geometry.chunk, geometry.halo, run_window_bytes(geometry.chunk_bytes, 1))
             if shards else None)
         job.target, job.chunk, skipped = out.array, out.chunk, out.skipped
         job.chunk_log = ome_zarr.ChunkLog(dest)
@@ -216,9 +216,9 @@ def _start(model: Model, src: _Source, dest: Path, kind: str, layout: Any, geome
     # Tiles split each chunk evenly (the chunk grid may be an earlier run's); batch from the budget of one tile.
     job.core = core_for_chunk(job.chunk, geometry.tile, model.multiple)
     job.batch = batch_for_core(model, layout, job.core, geometry.halo, geometry.budget, batch_size)
-    # A run of samples read together (raw and normalised copies) may take a third of the chunk data budget.
+    # A run of samples read together: its copies (read-ahead, raw, normalised, prediction) beside the pending writes.
     job.run = samples_per_read(src.data, layout, job.chunk, geometry.halo,
-                               min(SLAB_BYTES, geometry.chunk_bytes * CHUNK_COPIES / 3))
+                               min(SLAB_BYTES, run_window_bytes(geometry.chunk_bytes, MAX_PENDING_WRITES)))
     if kind == "zarr" and out.run is not None:  # a shard's samples are written by one work unit
         job.run = out.run
     run = _holding(lock, _run(job, skipped, kind, fingerprint, prov, scale_, units_, executor or run_chunks))
