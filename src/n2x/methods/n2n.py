@@ -103,6 +103,20 @@ def f2f_patch_side(motion_px: float | None) -> int:
     return int(min(128, max(32, 16 * math.ceil(side / 16))))
 
 
+def _motion_px(training_data: tuple[list, list] | None) -> float | None:
+    """Median frame motion (px) of the first of the training ``(images, layouts)``; None where it cannot be
+    measured."""
+    from ..data.motion import frame_motion
+
+    if not training_data or not training_data[0]:
+        return None
+    images, layouts = training_data
+    try:
+        return frame_motion(images[0], layouts[0].axes)
+    except N2xError:  # no T axis: make_sources says what is wrong with the pairing
+        return None
+
+
 def _take(cells: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     idx = idx.expand(cells.shape[:-1]).unsqueeze(-1)
     return torch.gather(cells, -1, idx).squeeze(-1)
@@ -178,6 +192,7 @@ class N2N(Method):
     def training_defaults(self, ndim: int, **options: Any) -> tuple[tuple[int, ...] | None, int | None]:
         from ..data.pairs import normalize_pairs
 
+        training_data = self.__dict__.pop("_training_data", None)  # not kept: the method lives as long as its model
         if ndim == 2 and normalize_pairs(options.get("pairs")) == "subsample":
             # Sub-sampling halves each patch: 32 x 32 patches leave 16 x 16 sub-images, too little context
             # (camera/G25 at 180 s: 28.1 dB with 64 of 32 x 32, 29.0 dB with 16 of 64 x 64).
@@ -187,24 +202,12 @@ class N2N(Method):
             # their pixels to a motion of 7 px per frame, but 64 x 64 patches (16 per batch, the same pixels per
             # step) learn slower than 32 x 32 (64 per batch) where nothing moves (static dev time-lapse, 300
             # steps: 29.18 against 29.43 dB). So the side follows the measured motion.
-            side = f2f_patch_side(self._motion_px())
+            side = f2f_patch_side(_motion_px(training_data))
             return (side, side), max(1, 64 * 32 * 32 // side ** 2)
         return super().training_defaults(ndim, **options)
 
     def prepare(self, images: list, layouts: list) -> None:
         self._training_data = (images, layouts)  # the f2f patch follows the frames' motion (training_defaults)
-
-    def _motion_px(self) -> float | None:
-        """Median frame motion of the first training stack (px), None where it cannot be measured."""
-        from ..data.motion import frame_motion
-
-        images, layouts = getattr(self, "_training_data", ([], []))
-        if not images:
-            return None
-        try:
-            return frame_motion(images[0], layouts[0].axes)
-        except N2xError:  # no T axis: make_sources says what is wrong with the pairing
-            return None
 
     def make_sources(self, images: list, layouts: list, target: Any = None, pairs: str | None = None,
                      along: str | None = None, **options: Any) -> list:
