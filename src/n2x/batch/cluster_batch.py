@@ -36,7 +36,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Generator, Sequence
 
-from ..inference.chunks import ChunkJob, VolumeProgress, pending_groups
+from ..inference.chunks import ChunkJob, VolumeProgress, count_skipped, pending_groups
 from ..model import Model
 from .distributed import denoise_task, ship_model
 from .journal import Journal
@@ -81,9 +81,7 @@ class VolumeRun:
         """Take ``job`` over: count what an earlier run recorded and hand the work units to the queue; then report
         whenever the queue advances the run, until every task is back (or one failed: raised here, in the run)."""
         self.job = job
-        lay = job.layout
-        if skipped:
-            self.n_skipped = sum(job.chunk_key(lay.sample_index(s), b) in skipped for ss, b in job.groups() for s in ss)
+        self.n_skipped = count_skipped(job, skipped)
         self.done = self.n_skipped
         self.task_spec = volume_spec(job, self.device, self.torch_threads, self.model.weights_hash())
         self.groups = pending_groups(job, skipped)

@@ -30,7 +30,8 @@ from typing import Any, Callable, Generator
 
 from ..errors import OptionError
 from ..inference.chunk_writes import write_pyramid_block
-from ..inference.chunks import ChunkExecutor, ChunkJob, VolumeProgress, pending_groups, process_group
+from ..inference.chunks import (ChunkExecutor, ChunkJob, VolumeProgress, count_skipped, pending_groups,
+                                process_group)
 from ..io import ome_zarr
 from ..io.images import open_image
 from ..io.pyramid import PyramidGrid
@@ -146,9 +147,7 @@ def _run_on_cluster(client: Any, job: ChunkJob, skipped: set[str], spec: dict[st
     from distributed import as_completed
 
     t0 = time.perf_counter()
-    lay = job.layout
-    n_skipped = sum(job.chunk_key(lay.sample_index(s), b) in skipped for ss, b in job.groups() for s in ss) \
-        if skipped else 0
+    n_skipped = count_skipped(job, skipped)
     done = n_skipped
     yield VolumeProgress(done, job.total, n_skipped, 0.0, job.dest, job.core)
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values()) or 1

@@ -223,6 +223,14 @@ def _free_device_memory(model: Any) -> None:
         torch.cuda.empty_cache()
 
 
+def count_skipped(job: ChunkJob, skipped: set[str]) -> int:
+    """How many of ``job``'s chunks are among the ``skipped`` keys (finished by an earlier run)."""
+    if not skipped:
+        return 0
+    lay = job.layout
+    return sum(job.chunk_key(lay.sample_index(s), b) in skipped for ss, b in job.groups() for s in ss)
+
+
 def pending_groups(job: ChunkJob, skipped: set[str]) -> Iterator[tuple[list[int], tuple[int, ...], list[int]]]:
     """``(span, block, todo)`` of every work unit with chunks not in ``skipped``: the samples to read (``span``,
     only the run still to do), the spatial block, and the samples to write (``todo``)."""
@@ -280,10 +288,8 @@ def run_chunks(job: ChunkJob, skipped: set[str]) -> Generator[VolumeProgress, No
     Whatever ends it (stop, error, the generator closed), the chunks already computed are written and recorded.
     """
     t0 = time.perf_counter()
-    lay = job.layout
     total = job.total
-    n_skipped = sum(job.chunk_key(lay.sample_index(s), b) in skipped for ss, b in job.groups() for s in ss) \
-        if skipped else 0
+    n_skipped = count_skipped(job, skipped)
     done = n_skipped
     yield VolumeProgress(done, total, n_skipped, 0.0, job.dest, job.core)
 
