@@ -23,6 +23,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import register_network
+from .dihedral import four_rotations
 
 
 class HalfPlaneConv2d(nn.Conv2d):
@@ -104,13 +105,5 @@ class BlindBoxNet(nn.Module):
         return self.branch(F.pad(x, (0, 0, 1 + sum(self.dilations) + shift, -shift)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # unflatten to (rotations, batch, ...), not split(batch): TorchScript traces and ONNX keep the batch free
-        if x.shape[2] == x.shape[3]:  # one batch for the four rotations
-            up = self._upper(torch.cat([torch.rot90(x, k, (2, 3)) for k in range(4)])).unflatten(0, (4, -1))
-            feats = [torch.rot90(up[k], -k, (2, 3)) for k in range(4)]
-        else:  # 0/180 and 90/270 have the same shape
-            even = self._upper(torch.cat([x, torch.rot90(x, 2, (2, 3))])).unflatten(0, (2, -1))
-            odd = self._upper(torch.cat([torch.rot90(x, 1, (2, 3)), torch.rot90(x, 3, (2, 3))])).unflatten(0, (2, -1))
-            feats = [even[0], torch.rot90(odd[0], -1, (2, 3)), torch.rot90(even[1], 2, (2, 3)),
-                     torch.rot90(odd[1], 1, (2, 3))]
+        feats = four_rotations(self._upper, x)
         return self.tail(torch.cat(feats, 1)) + self.shortcut(x)

@@ -40,3 +40,16 @@ def dihedral_mean(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n
         y = dihedral(fn(dihedral(x, t)).float(), t, inverse=True)
         acc = y if acc is None else acc + y
     return acc / n
+
+
+def four_rotations(branch: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    """``branch`` applied to ``x`` (``(B, C, Y, X)``) turned by 0, 90, 180 and 270 degrees, each result turned back:
+    the four directions of a blind-spot network's half-plane branches. Rotations of one shape go through ``branch``
+    as one batch (all four when Y == X)."""
+    # unflatten to (rotations, batch, ...), not split(batch): TorchScript traces and ONNX keep the batch free
+    if x.shape[2] == x.shape[3]:
+        up = branch(torch.cat([torch.rot90(x, k, (2, 3)) for k in range(4)])).unflatten(0, (4, -1))
+        return [torch.rot90(up[k], -k, (2, 3)) for k in range(4)]
+    even = branch(torch.cat([x, torch.rot90(x, 2, (2, 3))])).unflatten(0, (2, -1))  # 0/180 and 90/270 share a shape
+    odd = branch(torch.cat([torch.rot90(x, 1, (2, 3)), torch.rot90(x, 3, (2, 3))])).unflatten(0, (2, -1))
+    return [even[0], torch.rot90(odd[0], -1, (2, 3)), torch.rot90(even[1], 2, (2, 3)), torch.rot90(odd[1], 1, (2, 3))]

@@ -30,6 +30,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import register_network
+from .dihedral import four_rotations
 
 #: Laine et al.'s leaky ReLU slope
 LEAK = 0.1
@@ -132,13 +133,5 @@ class ShiftedUNet(nn.Module):
         h, w = x.shape[-2:]
         m = self.multiple
         x = F.pad(x, (0, -w % m, 0, -h % m))
-        # unflatten to (rotations, batch, ...), not split(batch): TorchScript traces and ONNX keep the batch free
-        if x.shape[2] == x.shape[3]:  # one batch for the four rotations
-            up = self._branch(torch.cat([torch.rot90(x, k, (2, 3)) for k in range(4)])).unflatten(0, (4, -1))
-            feats = [torch.rot90(up[k], -k, (2, 3)) for k in range(4)]
-        else:  # 0/180 and 90/270 have the same shape
-            even = self._branch(torch.cat([x, torch.rot90(x, 2, (2, 3))])).unflatten(0, (2, -1))
-            odd = self._branch(torch.cat([torch.rot90(x, 1, (2, 3)), torch.rot90(x, 3, (2, 3))])).unflatten(0, (2, -1))
-            feats = [even[0], torch.rot90(odd[0], -1, (2, 3)), torch.rot90(even[1], 2, (2, 3)),
-                     torch.rot90(odd[1], 1, (2, 3))]
+        feats = four_rotations(self._branch, x)
         return self.fuse(torch.cat(feats, 1))[..., :h, :w]
