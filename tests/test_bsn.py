@@ -137,3 +137,24 @@ def test_unet_trunk_tiles_match_the_whole_image():
     tiled = model.predict(noisy, "YX", tile=64)
     assert whole.shape == noisy.shape
     np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def test_noise_variance_is_measured_on_a_sample_before_training():
+    """The fixed noise variance comes from about 2^18 pixels of training patches (not the first batch), and drawing
+    them leaves the training's random stream as it was."""
+    from n2x.data.axes import make_layout
+    from n2x.data.patches import PatchSampler, single_source
+
+    clean = clean_cells((256, 256), seed=3)
+    noisy = (clean + np.random.default_rng(4).normal(0, 0.1, clean.shape)).astype(np.float32)
+    layout = make_layout(noisy.shape, "YX")
+    twins = [PatchSampler([single_source(noisy, layout)], (32, 32), seed=0) for _ in range(2)]
+    sample = twins[0].sample(8)[0]
+    assert sample.shape == (8, 1, 32, 32) and np.array_equal(sample, twins[1].sample(8)[0])
+    assert np.array_equal(twins[0].batch(4)[0], twins[1].batch(4)[0])  # sample() drew from its own stream
+    model = n2x.train(noisy, "YX", "bsn", steps=1, batch_size=1, patch_size=32, seed=0, device="cpu",
+                      network={"features": 8})
+    norm = model.config["normalization"]
+    assert "vst" not in norm
+    # one 32 x 32 patch would scatter by about 5%; the sample reads the image's noise within 3%
+    assert model.config["method"]["noise_sigma"][0] * norm["scale"][0] == pytest.approx(0.1, rel=0.03)

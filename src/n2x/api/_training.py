@@ -165,6 +165,9 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
     flat = sampler.constant_value()
     if flat is not None:
         warnings.warn(CONSTANT_MESSAGE.format(value=flat), N2xWarning, stacklevel=2)
+    if meth.initial_sample_pixels:
+        first = sampler.sample(max(1, meth.initial_sample_pixels // int(np.prod(patch))))[0]
+        meth.initialise(net, first.reshape((-1, 1) + first.shape[2:]) if channels == "independent" else first)
     if steps is None and time is None and epochs is None:
         time = DEFAULT_SECONDS
     if epochs is not None:  # steps and epochs were checked positive by their declared ranges

@@ -276,6 +276,11 @@ class PatchSampler:
                 out[j][i] = p
         return tuple(out)
 
+    def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+        """``n`` patches per stack of the training regions held now, as :meth:`batch` gives them but without
+        flips or rotations, drawn from their own ``seed``: the training's random stream is left as it was."""
+        return self._draw(n, np.random.default_rng(seed), augment=False)
+
     def batch(self, n: int) -> tuple[np.ndarray, ...]:
         """``n`` augmented patches per stack, each ``(n, C, *patch)`` float32, normalised."""
         if not self.in_memory:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -91,6 +92,14 @@ class Method:
     def prepare(self, images: list, layouts: list) -> None:
         """Settle parameters that depend on the training data (e.g. AP-BSN's blind box from the noise probe) before
         the network is built. ``images`` are validated, with their layouts."""
+
+    #: pixels of training patches :meth:`initialise` wants to see before the first step (0: none, not called)
+    initial_sample_pixels = 0
+
+    def initialise(self, net: nn.Module, patches: np.ndarray) -> None:
+        """Before the first step: fit anything that must be fixed from the data before training (e.g. a noise
+        level) on ``patches``, about :attr:`initial_sample_pixels` pixels of the training regions, normalised,
+        ``(N, C, *patch)`` as the network sees them (independent channels folded into N)."""
 
     def calibrate(self, net: nn.Module, val_patches: tuple | None, scale: list[float], device: torch.device,
                   fold_channels: bool) -> None:
