@@ -26,7 +26,10 @@ _PAPERS = {
                "Blind-Spot Network. CVPR 2022.", "https://arxiv.org/abs/2203.11799")],
     "apbsn-box": [("Laine, Karras, Lehtinen, Aila. High-Quality Self-Supervised Deep Image Denoising. NeurIPS 2019.",
                    "https://arxiv.org/abs/1901.10277")],
+    "vst": [("Makitalo, Foi. Optimal inversion of the generalized Anscombe transformation for Poisson-Gaussian "
+             "noise. IEEE Transactions on Image Processing 22(1), 2013.", "https://doi.org/10.1109/TIP.2012.2202675")],
 }
+_PAPERS["bsn"] = _PAPERS["apbsn-box"]
 
 
 def citations(model: Any) -> list[tuple[str, str]]:
@@ -38,6 +41,8 @@ def citations(model: Any) -> list[tuple[str, str]]:
         out += _PAPERS["n2n-subsample"]
     if name == "apbsn" and getattr(model.method, "design", "pd") == "box":
         out += _PAPERS["apbsn-box"]
+    if model.normalization.vst is not None:
+        out += _PAPERS["vst"]
     return out
 
 
@@ -52,6 +57,15 @@ def describe_method(model: Any) -> str:
     elif name == "n2n":
         what = (f"Noise2Noise ({p.get('pairing')} pairs): a U-Net (depth {net.get('depth')}, {net.get('features')} "
                 f"features{', residual' if net.get('residual') else ''}).")
+    elif name == "bsn":
+        trunk = (f"shifted U-Net (depth {net.get('depth')})" if net.get("trunk") == "unet"
+                 else "dilated half-plane convolutions")
+        what = (f"All-pixel blind spot (Laine et al.): a network blind to each pixel ({trunk}, {net.get('features')} "
+                "features"
+                + (f", {net.get('z_context')} planes of context on each side" if net.get("z_context") else "")
+                + ") predicts a prior mean and variance; the noisy pixel is weighed in by the Gaussian posterior "
+                f"mean (noise standard deviation {p.get('noise_sigma')}, normalised units), averaged over "
+                f"{p.get('ensemble')} flips/rotations.")
     else:
         design = getattr(model.method, "design", "pd")
         if design == "box":
@@ -66,8 +80,9 @@ def describe_method(model: Any) -> str:
 
 
 def readme(model: Any, *, name: str, license: str, test_source: str, halo: int, multiple: int,
-           minimum: int, onnx: bool) -> str:
-    """The package's ``README.md``."""
+           minimum: int, onnx: bool, inverse_error: float | None = None) -> str:
+    """The package's ``README.md``; ``inverse_error``: the resampled Anscombe inverse's largest difference to
+    n2x's, photons (None without a transform)."""
     cfg, hist = model.config, model.history or {}
     training = cfg.get("training", {})
     norm = cfg["normalization"]
@@ -88,10 +103,11 @@ units. Runs without napari-n2x: TorchScript weights{' and ONNX weights' if onnx 
 
 {describe_method(model)}
 
-Everything `n2x denoise` does to a tile is inside the weights: the normalisation with the stored statistics
-({norm['mode']}: offset {[round(v, 6) for v in norm['offset']]}, scale {[round(v, 6) for v in norm['scale']]},
-input units), channels {'one at a time' if cfg['channels'] == 'independent' else 'jointly'}, the network and
-the return to input units. No pre- or postprocessing is needed.
+Everything `n2x denoise` does to a tile is inside the weights: {_vst_text(norm, inverse_error)}the
+normalisation with the stored statistics ({norm['mode']}: offset {[round(v, 6) for v in norm['offset']]}, scale
+{[round(v, 6) for v in norm['scale']]}, {'stabilised' if norm.get('vst') else 'input'} units), channels
+{'one at a time' if cfg['channels'] == 'independent' else 'jointly'}, the network and the return to input units.
+No pre- or postprocessing is needed.
 
 ## Training
 
@@ -123,3 +139,15 @@ prediction on it as it is (no padding, as bioimage.io's test runs it).
 
 {license}
 """
+
+
+def _vst_text(norm: dict, inverse_error: float | None) -> str:
+    """The README's words on the variance-stabilising transform (empty without one)."""
+    if not norm.get("vst"):
+        return ""
+    params = "; ".join(f"gain {t['gain']:.6g}, read variance {t['read_variance']:.6g}, offset {t['offset']:.6g}"
+                       for t in norm["vst"])
+    return (f"the generalised Anscombe transform of the Poisson-Gaussian noise ({params}, input units) and, after "
+            "the network, its exact unbiased inverse (Makitalo & Foi), resampled on an evenly spaced table of "
+            f"the stabilised value (largest difference to n2x's {inverse_error:.2g} photons), with the closed form "
+            "above the table; ")

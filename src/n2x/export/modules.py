@@ -1,10 +1,12 @@
 """Self-contained ``nn.Module`` wrappers that compute what ``n2x denoise`` computes, for TorchScript and ONNX.
 
 A wrapper maps an image block in the input's intensity units, float32 ``(B, C, Y, X)`` (2D networks) or
-``(B, C, Z, Y, X)`` (3D U-Nets), to the denoised block in the same units and shape. Inside it does what
-:meth:`n2x.model.Model.predict` does to one tile: the stored per-channel normalisation ``(x - offset) / scale``,
-channels folded into the batch for ``channels="independent"`` models, the method's prediction (the network; AP-BSN's
-flip/rotation ensemble and box filter of the residual; pixel-shuffle down/up), and the return to input units.
+``(B, C, Z, Y, X)`` (3D networks), to the denoised block in the same units and shape. Inside it does what
+:meth:`n2x.model.Model.predict` does to one tile: the variance-stabilising transform where the model has one
+(:mod:`.anscombe`), the stored per-channel normalisation ``(x - offset) / scale``, channels folded into the batch for
+``channels="independent"`` models, the method's prediction (the network; AP-BSN's flip/rotation ensemble and box
+filter of the residual; pixel-shuffle down/up; the all-pixel blind spot's ensemble of posterior means), the return
+to the transform's units and the transform's exact unbiased inverse.
 
 Spatial sizes must be multiples of the model's ``multiple`` (the U-Net's pooling factor, the pixel-shuffle stride):
 the package declares this as its shape step, so a consumer never feeds another size. What cannot be expressed
@@ -19,7 +21,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..nets.dihedral import TRANSFORMS
+from ..methods.bsn import posterior_mean
+from ..nets.dihedral import TRANSFORMS, dihedral_mean
+from .anscombe import AnscombeTransform
 
 #: the dihedral transforms as (transpose, flip Y, flip X) integer triples (TorchScript keeps no tuples of bools)
 _TRANSFORMS = [[int(a), int(b), int(c)] for a, b, c in TRANSFORMS]
@@ -39,14 +43,19 @@ def _dihedral(x: torch.Tensor, t: list[int], inverse: bool) -> torch.Tensor:
 
 
 class Normalized(nn.Module):
-    """Normalise, fold independent channels into the batch, run ``core``, unfold, return to input units.
+    """Stabilise (``vst``), normalise, fold independent channels into the batch, run ``core``, unfold, return to
+    input units (with ``vst``: through its exact unbiased inverse), in the order of
+    :meth:`n2x.data.normalize.Normalization.apply` and ``invert``.
 
-    ``offset``/``scale``: per channel, input units (the model's stored :class:`~n2x.data.normalize.Normalization`).
+    ``offset``/``scale``: per channel, in the transform's units with ``vst``, else the input's (the model's stored
+    :class:`~n2x.data.normalize.Normalization`).
     """
 
-    def __init__(self, core: nn.Module, offset: list[float], scale: list[float], fold: bool, ndim: int):
+    def __init__(self, core: nn.Module, offset: list[float], scale: list[float], fold: bool, ndim: int,
+                 vst: AnscombeTransform | None = None):
         super().__init__()
         self.core = core
+        self.vst = vst
         shape = [1, len(offset)] + [1] * ndim
         self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32).reshape(shape))
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).reshape(shape))
@@ -54,13 +63,17 @@ class Normalized(nn.Module):
         self.fold = bool(fold) and len(offset) > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = (x.float() - self.offset) / self.scale
+        y = x.float()
+        if self.vst is not None:
+            y = self.vst.stabilise(y)
+        y = (y - self.offset) / self.scale
         if self.fold:
             # (B, C, *S) -> (B * C, 1, *S): the network was trained on one channel at a time
             y = self.core(y.reshape((-1, 1) + y.shape[2:])).reshape(x.shape)
         else:
             y = self.core(y)
-        return y * self.scale + self.offset
+        y = y * self.scale + self.offset
+        return self.vst.invert(y) if self.vst is not None else y
 
 
 class BoxCore(nn.Module):
@@ -107,12 +120,22 @@ class PixelShuffleCore(nn.Module):
         return y.reshape(b, c, h, w)
 
 
+class PosteriorCore(nn.Module):
+    """The all-pixel blind spot: the mean over the first ``ensemble`` flips/rotations of the Gaussian posterior mean
+    of the network's prior and the noisy pixel — :meth:`n2x.methods.bsn.BlindSpotAllPixels.predict`, through the
+    same functions (:func:`n2x.methods.bsn.posterior_mean`, :func:`n2x.nets.dihedral.dihedral_mean`)."""
+
+    def __init__(self, net: nn.Module, ensemble: int):
+        super().__init__()
+        self.net = net
+        self.ensemble = int(ensemble)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dihedral_mean(lambda t: posterior_mean(self.net, t), x, self.ensemble)
+
+
 def refusal(model: Any) -> str | None:
     """Why ``model`` cannot be exported faithfully, or None when it can."""
-    if getattr(model.normalization, "vst", None) is not None:
-        return ("it was trained with the variance-stabilising (generalised Anscombe) transform, whose exact unbiased "
-                "inverse is a lookup table that the package's weights do not include: the package would compute "
-                "something else than n2x denoise")
     name = model.method_name
     if name == "apbsn":
         p = model.method.params
@@ -121,8 +144,8 @@ def refusal(model: Any) -> str | None:
                     "the global image coordinates; a block of a tiled prediction in another program does not know "
                     "where it lies in the image, so the package would compute other pixels than n2x denoise")
         return None
-    if name not in ("n2v", "n2v2", "n2n"):
-        return f"method {name!r} has no export recipe (only n2v, n2v2, n2n and apbsn are exported)"
+    if name not in ("n2v", "n2v2", "n2n", "bsn"):
+        return f"method {name!r} has no export recipe (only n2v, n2v2, n2n, bsn and apbsn are exported)"
     return None
 
 
@@ -138,8 +161,11 @@ def build_module(model: Any) -> nn.Module:
             core: nn.Module = BoxCore(net, int(p.get("ensemble", 1)), p.get("box_filter") or None)
         else:
             core = PixelShuffleCore(net, int(p["stride_infer"]))
+    elif model.method_name == "bsn":
+        core = PosteriorCore(net, int(method.params["ensemble"]))
     else:
         core = net
-    norm = model.normalization
+    norm, ndim = model.normalization, len(model.spatial)
+    vst = AnscombeTransform(norm.vst, ndim) if norm.vst is not None else None
     return Normalized(core, list(norm.offset), list(norm.scale), model.config["channels"] == "independent",
-                      len(model.spatial)).eval()
+                      ndim, vst).eval()

@@ -11,7 +11,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch
 from .._version import __version__
 from ..errors import N2xError
 from .docs import DEFAULT_AUTHOR, DEFAULT_LICENSE, citations, describe_method, readme
+from .anscombe import MAX_INVERSE_ERROR, inverse_error
 from .modules import build_module, refusal
 from .weights import check_shapes, trace_torchscript, write_onnx
 
@@ -44,6 +45,15 @@ def geometry(model: Any) -> tuple[int, int, int]:
     plus one step, so a block always has a core)."""
     halo, multiple = int(model.halo), int(model.multiple)
     return halo, multiple, 2 * halo + multiple
+
+
+def check_values(model: Any) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
+    """``(scale, to_input)`` for the weights' checks: the data's spread in input units (half the largest span, over
+    channels, of the values one normalised unit below and above the offset) and the map of standard normal values
+    ``(B, C, *spatial)`` to input units (the model's inverse normalisation, its Anscombe inverse included)."""
+    norm = model.normalization
+    span = norm.invert(np.array([[-1.0, 1.0]] * model.n_channels, np.float32), channel_axis=0)
+    return float(max(np.abs(span[:, 1] - span[:, 0]).max() / 2, 1e-12)), lambda z: norm.invert(z, channel_axis=1)
 
 
 def valid_size(n: int, minimum: int, multiple: int) -> int:
@@ -123,16 +133,21 @@ def write_package(model: Any, path: Path, *, name: str | None = None, authors: S
 
     why = refusal(model)
     if why is not None:
-        hint = ("retrain with {r3_passes} 0 (or the blind-box design), which n2x exports exactly"
-                if "R3" in why else "retrain with {vst} off to export it" if "Anscombe" in why else "")
+        hint = "retrain with {r3_passes} 0 (or the blind-box design), which n2x exports exactly" if "R3" in why else ""
         raise N2xError(f"cannot export this model: {why}", hint=hint)
     module = build_module(model)
+    inverse = None  # the resampled Anscombe inverse's largest difference to n2x's, photons
+    if module.vst is not None:
+        inverse = inverse_error(module.vst, model.normalization.vst)
+        if not inverse <= MAX_INVERSE_ERROR:
+            raise N2xError(f"the package's Anscombe inverse differs from n2x's by {inverse:.3g} photons (more than "
+                           f"{MAX_INVERSE_ERROR:g}); it cannot be exported")
     halo, multiple, minimum = geometry(model)
     nd = len(model.spatial)
     c = model.n_channels
-    scale = float(max(model.normalization.scale))
+    scale, to_input = check_values(model)
     shapes = check_shapes(minimum, multiple, nd, c)
-    traced = trace_torchscript(module, shapes, scale)
+    traced = trace_torchscript(module, shapes, scale, to_input)
     x, test_source = test_input(model, test_image, test_axes)
     with torch.no_grad():  # as bioimage.io's test runs it: the test input as it is, no padding, no cropping
         y = traced(torch.from_numpy(x)).numpy()
@@ -143,10 +158,11 @@ def write_package(model: Any, path: Path, *, name: str | None = None, authors: S
         np.save(d / "test_input.npy", x)
         np.save(d / "test_output.npy", y)
         torch.jit.save(traced, str(d / "weights_torchscript.pt"))
-        opset = write_onnx(module, d / "weights.onnx", shapes, multiple, scale) if onnx else None
+        opset = write_onnx(module, d / "weights.onnx", shapes, multiple, scale, to_input) if onnx else None
         write_cover(d / "cover.png", x, y)
         (d / "README.md").write_text(readme(model, name=name, license=license, test_source=test_source, halo=halo,
-                                            multiple=multiple, minimum=minimum, onnx=opset is not None),
+                                            multiple=multiple, minimum=minimum, onnx=opset is not None,
+                                            inverse_error=inverse),
                                      encoding="utf-8")
         space = list(model.spatial.lower())
         chan = bio.ChannelAxis(channel_names=[bio.Identifier(f"channel{i}") for i in range(c)])

@@ -2,14 +2,16 @@
 
 Both are traced from one example block; a trace records one path through the Python code, so each result is run
 on blocks of other shapes (square and not, batch of two) and compared with the eager wrapper. A mismatch refuses
-TorchScript (export stops) or drops ONNX (with a warning): never weights that compute something else.
+TorchScript (export stops) or drops ONNX (with a warning): never weights that compute something else. The blocks
+are random values in the input's units (``to_input``: the model's inverse normalisation of standard normal values,
+so a transformed model is checked on values around its data, not on clamped negative ones).
 """
 from __future__ import annotations
 
 import io
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,20 +31,26 @@ def check_shapes(minimum: int, multiple: int, ndim: int, channels: int) -> list[
     return [(1, channels) + first, (1, channels) + square, (2, channels) + (a,) * ndim]
 
 
+#: maps standard normal values ``(B, C, *spatial)`` to the input's units (None: times the scale)
+ToInput = Optional[Callable[[np.ndarray], np.ndarray]]
+
+
 def _agree(run: Callable[[np.ndarray], np.ndarray], module: nn.Module, shapes: Sequence[tuple[int, ...]],
-           scale: float) -> float:
+           scale: float, to_input: ToInput = None) -> float:
     """Largest |run(x) - module(x)| over random blocks of ``shapes`` (in input units of range ~``scale``)."""
     rng = np.random.default_rng(0)
     worst = 0.0
     for shape in shapes:
-        x = (rng.standard_normal(shape) * scale).astype(np.float32)
+        z = rng.standard_normal(shape)
+        x = np.asarray(to_input(z) if to_input is not None else z * scale, np.float32)
         with torch.no_grad():
             ref = module(torch.from_numpy(x)).numpy()
         worst = max(worst, float(np.abs(run(x) - ref).max()))
     return worst
 
 
-def trace_torchscript(module: nn.Module, shapes: Sequence[tuple[int, ...]], scale: float) -> torch.jit.ScriptModule:
+def trace_torchscript(module: nn.Module, shapes: Sequence[tuple[int, ...]], scale: float,
+                      to_input: ToInput = None) -> torch.jit.ScriptModule:
     """The wrapper traced on ``shapes[0]``, checked on all ``shapes``; :class:`N2xError` when it disagrees."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # trace's deprecation and shape-as-constant notices: checked below instead
@@ -52,7 +60,7 @@ def trace_torchscript(module: nn.Module, shapes: Sequence[tuple[int, ...]], scal
         torch.jit.save(traced, buf)
         buf.seek(0)
         traced = torch.jit.load(buf)
-    worst = _agree(lambda x: traced(torch.from_numpy(x)).detach().numpy(), module, shapes, scale)
+    worst = _agree(lambda x: traced(torch.from_numpy(x)).detach().numpy(), module, shapes, scale, to_input)
     if not worst <= TOLERANCE * max(scale, 1e-12) * 10:
         raise N2xError(f"the TorchScript trace of this model computes something else on other block shapes "
                        f"(max difference {worst:.3g}); it cannot be exported")
@@ -60,7 +68,7 @@ def trace_torchscript(module: nn.Module, shapes: Sequence[tuple[int, ...]], scal
 
 
 def write_onnx(module: nn.Module, path: Path, shapes: Sequence[tuple[int, ...]], multiple: int,
-               scale: float) -> int | None:
+               scale: float, to_input: ToInput = None) -> int | None:
     """Write ONNX weights of the wrapper to ``path``, checked in onnxruntime on ``shapes``; the opset, or None (and
     an :class:`N2xWarning` saying why) when the network does not export cleanly or onnx/onnxruntime are missing."""
     try:
@@ -86,7 +94,7 @@ def write_onnx(module: nn.Module, path: Path, shapes: Sequence[tuple[int, ...]],
                               output_names=["output"], dynamo=True, dynamic_shapes={"x": dims},
                               opset_version=opset, verbose=False, external_data=False)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        worst = _agree(lambda x: session.run(None, {"input": x})[0], module, shapes, scale)
+        worst = _agree(lambda x: session.run(None, {"input": x})[0], module, shapes, scale, to_input)
     except Exception as exc:  # noqa: BLE001 - any exporter or runtime failure means: no ONNX weights
         path.unlink(missing_ok=True)
         warnings.warn(f"ONNX weights skipped: this network does not export cleanly ({type(exc).__name__}: "

@@ -36,7 +36,7 @@ def _forward_photons(y: np.ndarray, s2: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _expected_table(s2: float) -> tuple[np.ndarray, np.ndarray]:
+def expected_table(s2: float) -> tuple[np.ndarray, np.ndarray]:
     """``(photons, E[f | photons])`` on the grid, for read-noise variance ``s2`` in photons squared."""
     photons = np.concatenate([np.linspace(0.0, 4.0, 161), np.geomspace(4.05, TABLE_PHOTONS, 300)])
     k_max = int(TABLE_PHOTONS + 12 * np.sqrt(TABLE_PHOTONS) + 40)
@@ -93,7 +93,7 @@ class GeneralizedAnscombe:
     def inverse(self, d: Any) -> np.ndarray:
         """Exact unbiased inverse: ``d``, an estimate of ``E[forward(z)]``, back to the input's units (float32)."""
         d = np.asarray(d, np.float64)
-        photons, expected = _expected_table(round(self.s2, 12))
+        photons, expected = expected_table(round(self.s2, 12))
         out = np.interp(d, expected, photons)
         high = d > expected[-1]
         if np.any(high):
