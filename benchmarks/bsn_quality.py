@@ -7,10 +7,13 @@
 
 Conditions are ``image/noise``: ``camera``, ``coins``, ``moon`` (the dev set of shared/BENCHMARK.md),
 ``crop-camera`` (its 100 x 100 crop at rows 180-280, columns 200-300: the small-image regime), ``volume`` (the 3D
-dev volume, baseline BM4D); noises ``G25`` and ``PG``. Every method trains through the api as a user would
-(``n2x.train(noisy, axes, method, time=seconds)``: the api's variance-stabilising transform applies where the probe
-finds Poisson-Gaussian noise), on realisation ``a``, and predicts ``a``. PSNR/SSIM with ``data_range=1``. The table
-is printed and each row appended as a JSON line to ``--out``.
+dev volume, baseline BM4D); noises ``G25`` and ``PG``. Outside the dev set: any grey ``skimage.data`` image
+(``cell``, ``brick``, ``microaneurysms``: 102 x 102, ``crop-cell``...) and noise ``G<s>`` (sigma ``s / 255``) or
+``PG<p>`` (``p`` photons at intensity 1, read noise 0.02), e.g. ``cell/G15,cell/PG5,brick/PG10``. Every method
+trains through the api as a user would (``n2x.train(noisy, axes, method, time=seconds)``: the api's
+variance-stabilising transform applies where the probe finds Poisson-Gaussian noise), on realisation ``a``, and
+predicts ``a``. PSNR/SSIM with ``data_range=1``. The table is printed and each row appended as a JSON line to
+``--out``.
 
 A method is ``name`` or ``name:option=value:...`` (options of :func:`n2x.train`, values as JSON or text), e.g.
 ``bsn:trunk=dilated``, ``bsn:learning_rate=0.01`` or ``bsn:network.features=24`` (a network override).

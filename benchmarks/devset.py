@@ -48,12 +48,15 @@ def clean_volume() -> np.ndarray:
 
 
 def add_noise(clean: np.ndarray, kind: str, name: str, realisation: str = "a") -> np.ndarray:
-    """Noisy float32 realisation ``a`` or ``b`` of ``kind`` G25, PG or CORR (never clipped)."""
+    """Noisy float32 realisation ``a`` or ``b`` of ``kind`` (never clipped): the dev set's G25, PG and CORR, or,
+    for images and noise outside it, ``G<s>`` (white Gaussian, sigma ``s / 255``) and ``PG<p>`` (Poisson with ``p``
+    photons at intensity 1, plus Gaussian read noise of 0.02; ``PG`` is ``PG20``)."""
     rng = rng_for(name, kind, realisation)
-    if kind == "G25":
-        return (clean + rng.normal(0, SIGMA, clean.shape)).astype(np.float32)
-    if kind == "PG":
-        return (rng.poisson(clean * 20) / 20 + rng.normal(0, 0.02, clean.shape)).astype(np.float32)
+    if kind.startswith("G"):
+        return (clean + rng.normal(0, gaussian_sigma(kind), clean.shape)).astype(np.float32)
+    if kind.startswith("PG"):
+        peak = photons(kind)
+        return (rng.poisson(clean * peak) / peak + rng.normal(0, 0.02, clean.shape)).astype(np.float32)
     if kind == "CORR":
         from scipy import ndimage as ndi
 
@@ -65,11 +68,24 @@ def add_noise(clean: np.ndarray, kind: str, name: str, realisation: str = "a") -
     raise ValueError(kind)
 
 
+def gaussian_sigma(kind: str) -> float:
+    """The standard deviation of ``G<s>`` noise (intensity units of the [0, 1] image)."""
+    return int(kind[1:]) / 255
+
+
+def photons(kind: str) -> float:
+    """Photons at intensity 1 of ``PG<p>`` noise (``PG``: 20)."""
+    return float(kind[2:] or 20)
+
+
 def noise_sigma(kind: str, clean: np.ndarray) -> float:
-    """The true per-pixel noise standard deviation (for BM3D with the true sigma)."""
-    if kind in ("G25", "CORR"):
+    """The true per-pixel noise standard deviation (for BM3D with the true sigma; Poisson-Gaussian: the root of
+    the mean variance over the image)."""
+    if kind == "CORR":
         return SIGMA
-    return float(np.sqrt(np.mean(clean) / 20 + 0.02 ** 2))
+    if kind.startswith("G"):
+        return gaussian_sigma(kind)
+    return float(np.sqrt(np.mean(clean) / photons(kind) + 0.02 ** 2))
 
 
 def condition(name: str, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

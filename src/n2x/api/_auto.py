@@ -28,10 +28,11 @@ from ..methods import method_info, method_names
 from ..noise import GeneralizedAnscombe, PoissonGaussianNoise
 from ._options import AUTO_METHOD, VST_CHOICES
 
-#: the method ``auto`` picks for pixel-independent noise. N2V, not the all-pixel blind-spot method ``bsn``: at
-#: equal budgets (60 s, docs/methods.md) ``bsn`` was level with N2V on coins/G25 and 0.4-4.4 dB below it on camera,
-#: coins/PG and moon (G25 and PG); its half-plane trunk, not its posterior, is the limit. It wins on a 100 x 100
-#: PG crop and in 3D, but on one image each: not enough to make it the default.
+#: the method ``auto`` picks for pixel-independent noise. N2V, not the all-pixel blind-spot method ``bsn``: at the
+#: 180 s protocol ``bsn`` reached BM3D on camera and coins (G25 and PG, 0.4-1.5 dB above N2V), but it stayed below
+#: N2V on moon (0.5-2.7 dB) and on a 100 x 100 crop, and its result moves by 1-3 dB with a small change of its
+#: start (two runs of camera/G25 that differed only by a 7% change of the fixed noise variance: 27.8 and 29.6 dB
+#: at 2000 steps). A default must not depend on such luck (docs/methods.md).
 INDEPENDENT_METHODS = ("n2v",)
 #: at most this many samples (planes or volumes) of each image are read to fit a transformed normalisation
 _NORM_SAMPLES = 4
