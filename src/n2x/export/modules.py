@@ -22,25 +22,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..methods.bsn import posterior_mean
-from ..nets.dihedral import TRANSFORMS, dihedral_mean
+from ..nets.dihedral import dihedral_mean
 from .anscombe import AnscombeTransform
-
-#: the dihedral transforms as (transpose, flip Y, flip X) integer triples (TorchScript keeps no tuples of bools)
-_TRANSFORMS = [[int(a), int(b), int(c)] for a, b, c in TRANSFORMS]
-
-
-def _dihedral(x: torch.Tensor, t: list[int], inverse: bool) -> torch.Tensor:
-    """``x`` ``(..., Y, X)`` under transform ``t`` or its inverse (same as :func:`n2x.nets.dihedral.dihedral`)."""
-    if not inverse and t[0] == 1:
-        x = x.transpose(-2, -1)
-    if t[1] == 1:
-        x = x.flip([-2])
-    if t[2] == 1:
-        x = x.flip([-1])
-    if inverse and t[0] == 1:
-        x = x.transpose(-2, -1)
-    return x
-
 
 class Normalized(nn.Module):
     """Stabilise (``vst``), normalise, fold independent channels into the batch, run ``core``, unfold, return to
@@ -84,17 +67,14 @@ class BoxCore(nn.Module):
     def __init__(self, net: nn.Module, ensemble: int, kernel: Any | None):
         super().__init__()
         self.net = net
-        self.transforms = _TRANSFORMS[:int(ensemble)]
+        self.ensemble = int(ensemble)
         self.filtered = kernel is not None
         k = torch.tensor(kernel if kernel is not None else [[0.0]], dtype=torch.float32)
         self.register_buffer("kernel", k[None, None])
         self.pad = int(k.shape[-1]) // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        acc = torch.zeros_like(x)
-        for t in self.transforms:
-            acc = acc + _dihedral(self.net(_dihedral(x, t, False)), t, True)
-        den = acc / len(self.transforms)
+        den = dihedral_mean(self.net, x, self.ensemble)
         if self.filtered:
             c = x.shape[1]
             w = self.kernel.expand(c, 1, self.kernel.shape[-2], self.kernel.shape[-1])
