@@ -38,6 +38,12 @@ class Method:
     default_batch: ClassVar[dict[int, int] | None] = None
     #: whether :meth:`loss` draws nothing at random (no masks): validation then needs one draw, not several
     deterministic_loss: ClassVar[bool] = False
+    #: clip a step's gradient norm at this many times the recent median (:class:`n2x.training.GradientSpikeClip`),
+    #: or None: no clipping
+    gradient_spike_factor: ClassVar[float | None] = None
+    #: whether the method's model assumes one noise variance for every pixel (``vst="auto"`` then stabilises any
+    #: Poisson-Gaussian noise the probe finds, not only noise whose variance spreads widely: see n2x.api._auto)
+    constant_noise: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.params = dict(params)

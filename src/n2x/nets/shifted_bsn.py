@@ -42,12 +42,13 @@ class ShiftedBSN(nn.Module):
     ``trunk``: ``"unet"`` (:class:`ShiftedUNet` with ``depth`` poolings) or ``"dilated"`` (:class:`BlindBoxNet`,
     ``blind=0``, with ``dilations``: receptive radius in the plane ``2 + sum(dilations)`` pixels); ``features``:
     channels of every layer (the U-Net's encoder); ``z_context``: planes on each side seen in 3D; ``noise_var``: the
-    initial noise variance in normalised units.
+    initial noise variance in normalised units; ``leak``: the negative slope of the activations of the head and of
+    the 3D context stack (0: ReLU, as in model files that do not store it).
     """
 
     def __init__(self, ndim: int = 2, in_channels: int = 1, out_channels: int | None = None, features: int = 16,
                  dilations: tuple[int, ...] | list[int] = (1, 2, 4, 8, 1, 2), z_context: int = 2,
-                 noise_var: float = 0.1, trunk: str = "dilated", depth: int = 3):
+                 noise_var: float = 0.1, trunk: str = "dilated", depth: int = 3, leak: float = 0.0):
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"the shifted blind-spot network is 2D or 3D, not {ndim}D")
@@ -68,10 +69,10 @@ class ShiftedBSN(nn.Module):
         self.multiple = getattr(self.plane, "multiple", 1)
         n_in = f
         if self.z_context > 0:
-            self.context = nn.Sequential(nn.Conv2d(2 * self.z_context * c, f, 3, padding=1), nn.ReLU(inplace=True),
-                                         nn.Conv2d(f, f, 3, padding=1), nn.ReLU(inplace=True))
+            self.context = nn.Sequential(nn.Conv2d(2 * self.z_context * c, f, 3, padding=1), _activation(leak),
+                                         nn.Conv2d(f, f, 3, padding=1), _activation(leak))
             n_in += f
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(n_in, f, 1), nn.ReLU(inplace=True), nn.Conv2d(f, 2 * c, 1))
+        self.head = nn.Sequential(_activation(leak), nn.Conv2d(n_in, f, 1), _activation(leak), nn.Conv2d(f, 2 * c, 1))
         # The linear blind estimate: the mean of the 8 neighbours in the plane (a 1 x 1 blind box), so the prior
         # mean is sensible from the first step and the layers learn a correction.
         self.shortcut = BoxMaskedConv2d(c, c, 0)
@@ -125,6 +126,12 @@ class ShiftedBSN(nn.Module):
         if self.ndim == 3:
             out = out.unflatten(0, (x.shape[0], x.shape[2])).transpose(1, 2)
         return out
+
+
+def _activation(leak: float) -> nn.Module:
+    """ReLU, or a leaky ReLU with slope ``leak`` for negative inputs: a unit pushed negative everywhere by one large
+    step then still has a gradient (with ReLU such units stay dead)."""
+    return nn.LeakyReLU(float(leak)) if leak else nn.ReLU()
 
 
 def _planes(x: torch.Tensor) -> torch.Tensor:
