@@ -138,3 +138,23 @@ def test_train_widget_auto_says_why(qtbot, make_napari_viewer, noisy):
     assert widget.model.config["method_choice"]["requested"] == "auto"
     line = verdict(api.probe_noise(noisy["PG"], "YX"))
     assert "Poisson-Gaussian (gain 0.0" in line and "fit R²" in line and "Anscombe" in line
+
+
+def test_vst_auto_stabilises_any_photon_noise_for_a_method_that_assumes_one_noise_variance():
+    """Poisson-Gaussian noise over a narrow range of intensities (0.3-0.7, 20 photons at 1): the probe finds it, but
+    its variance grows less than VST_MIN_SPREAD-fold over the flat regions. N2V (MSE, any noise variance) trains
+    on the raw data; bsn, whose posterior weighs the pixel by one noise variance, on stabilised data."""
+    skimage = pytest.importorskip("skimage")
+    clean = skimage.data.camera()[128:384, 128:384].astype(np.float32)
+    clean = 0.3 + 0.4 * (clean - clean.min()) / (clean.max() - clean.min())
+    rng = np.random.default_rng(7)
+    pg = (rng.poisson(clean * 20) / 20 + rng.normal(0, 0.02, clean.shape)).astype(np.float32)
+    report = api.probe_noise(pg, "YX")
+    assert report.kind == "poisson-gaussian" and max(f.spread for f in report.noise_fits) < 2.5
+    n2v = api.train(pg, "YX", "n2v", steps=1, patch_size=32, batch_size=4, seed=0)
+    assert "vst" not in n2v.config["normalization"] and not n2v.config["noise"]["vst"]
+    bsn = api.train(pg, "YX", "bsn", steps=1, patch_size=32, batch_size=1, seed=0, network={"features": 8})
+    assert bsn.config["noise"]["vst"] and bsn.normalization.vst is not None
+    off = api.train(pg, "YX", "bsn", steps=1, patch_size=32, batch_size=1, seed=0, network={"features": 8},
+                    vst="off")
+    assert off.normalization.vst is None

@@ -11,7 +11,11 @@ The rule (:func:`choose_method`):
 ``vst="auto"`` turns the generalised Anscombe transform on when the probe finds Poisson-Gaussian noise whose
 variance at least :data:`VST_MIN_SPREAD`-folds between the darker and the brighter regions (below, the transform
 changes little, and white noise on an image whose bright regions are all fine texture reads up to x1.9: synthetic
-cells with sharp filaments). Cheap to import (no torch): the probe is numpy.
+cells with sharp filaments). A method whose model assumes one noise variance for every pixel (``bsn``'s posterior:
+``MethodInfo.constant_noise``) gets it for any Poisson-Gaussian noise the probe finds: the flat blocks the probe
+measures may span a narrow range of intensities (moon/PG: x1.18, cell at 5 photons: x1.58) while the image's
+noise varies far more, and a constant variance then weighs the noisy pixel in where the noise is strongest. Cheap
+to import (no torch): the probe is numpy.
 """
 from __future__ import annotations
 
@@ -74,10 +78,11 @@ def independent_method() -> str:
     return next((m for m in INDEPENDENT_METHODS if m in names), names[0])
 
 
-def vst_wanted(report: NoiseReport | None) -> bool:
-    """Whether ``vst="auto"`` turns the transform on for ``report``."""
+def vst_wanted(report: NoiseReport | None, constant_noise: bool = False) -> bool:
+    """Whether ``vst="auto"`` turns the transform on for ``report``, for a method whose model assumes one noise
+    variance (``constant_noise``) or not."""
     return (report is not None and report.kind == "poisson-gaussian"
-            and max(f.spread for f in report.noise_fits) >= VST_MIN_SPREAD)
+            and (constant_noise or max(f.spread for f in report.noise_fits) >= VST_MIN_SPREAD))
 
 
 def probe_noise(image: Any, axes: str | None = None) -> NoiseReport:
@@ -121,14 +126,15 @@ def choose_method(images: Any, axes: str | None = None, method: str = AUTO_METHO
 def resolve_vst(vst: str, report: NoiseReport | None, method: str) -> list[GeneralizedAnscombe] | None:
     """The transforms (one per channel) that ``vst`` (``auto``/``on``/``off``) asks for, or None.
 
-    ``auto``: on when ``report`` found Poisson-Gaussian noise that varies enough (:func:`vst_wanted`). ``on``: the
+    ``auto``: on when ``report`` found Poisson-Gaussian noise that varies enough, or any for a method that assumes
+    one noise variance (:func:`vst_wanted`). ``on``: the
     fitted Poisson-Gaussian model of each channel, whatever kind the probe called the noise; an OptionError when a
     channel shows no photon noise (a gain not above 0 by :data:`MIN_GAIN_T_ON` standard errors). AP-BSN models
     correlated Gaussian noise in the input's units and takes no transform.
     """
     if vst not in VST_CHOICES:
         raise OptionError(f"vst must be one of {', '.join(VST_CHOICES)}, not {vst!r}")
-    if vst == "off" or report is None or (vst == "auto" and not vst_wanted(report)):
+    if vst == "off" or report is None or (vst == "auto" and not vst_wanted(report, method_info(method).constant_noise)):
         return None
     if method == "apbsn":
         if vst == "on":

@@ -13,12 +13,14 @@ from ..options import Option, parse_options
 @dataclass(frozen=True)
 class MethodInfo:
     """What a front door shows of a method: ``name`` (the key users type), ``label`` (its display name),
-    ``description`` (one line) and ``options`` (its declared options, with this entry's defaults)."""
+    ``description`` (one line), ``options`` (its declared options, with this entry's defaults) and
+    ``constant_noise`` (whether its model assumes one noise variance for every pixel: :attr:`Method.constant_noise`)."""
 
     name: str
     label: str
     description: str
     options: tuple[Option, ...]
+    constant_noise: bool = False
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -70,7 +72,8 @@ def method_info(name: str) -> MethodInfo:
     """The declaration of method ``name``: display name, description and options."""
     key = _resolve(name)
     cls = _load(key)
-    return MethodInfo(key, cls.label_for(key), cls.description_for(key), tuple(cls.declared_options(key)))
+    return MethodInfo(key, cls.label_for(key), cls.description_for(key), tuple(cls.declared_options(key)),
+                      bool(getattr(cls, "constant_noise", False)))
 
 
 def get_method(name: str, **options: Any):
