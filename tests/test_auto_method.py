@@ -9,7 +9,7 @@ from n2x import api
 from n2x.errors import OptionError
 
 SIGMA = 25 / 255
-INDEPENDENT = "n2v"  # the all-pixel blind-spot method is not yet reliable enough (api/_auto.py)
+INDEPENDENT = "n2v"  # not yet the all-pixel blind-spot method: it memorises small images (api/_auto.py)
 
 
 def _box3(white):

@@ -33,10 +33,10 @@ from ..noise import GeneralizedAnscombe, PoissonGaussianNoise
 from ._options import AUTO_METHOD, VST_CHOICES
 
 #: the method ``auto`` picks for pixel-independent noise. N2V, not the all-pixel blind-spot method ``bsn``: at the
-#: 180 s protocol ``bsn`` reached BM3D on camera and coins (G25 and PG, 0.4-1.5 dB above N2V), but it stayed below
-#: N2V on moon (0.5-2.7 dB) and on a 100 x 100 crop, and its result moves by 1-3 dB with a small change of its
-#: start (two runs of camera/G25 that differed only by a 7% change of the fixed noise variance: 27.8 and 29.6 dB
-#: at 2000 steps). A default must not depend on such luck (docs/methods.md).
+#: 180 s protocol ``bsn`` (its gradient spikes clipped) reached BM3D on camera and coins (G25 and PG, 0.3-1.5 dB
+#: above N2V) and beat both on cell/G15 (+3.4 dB over N2V), but it stays under N2V on moon (0.5-0.6 dB) and at 5
+#: photons (cell: 3.3 dB), and it memorises small images (a 100 x 100 crop: -0.5 dB; a 102 x 102 image: -5.2 dB).
+#: A default must hold on every kind of image (docs/methods.md).
 INDEPENDENT_METHODS = ("n2v",)
 #: at most this many samples (planes or volumes) of each image are read to fit a transformed normalisation
 _NORM_SAMPLES = 4
