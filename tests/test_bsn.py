@@ -85,7 +85,9 @@ def test_learns_more_than_n2v_in_the_same_steps(noise):
     n2v = n2x.train(noisy, "YX", "n2v", **RUN)
     p_noisy, p_n2v = psnr(noisy, clean), psnr(n2v.predict(noisy, "YX"), clean)
     p_bsn = psnr(bsn.predict(noisy, "YX"), clean)
-    assert p_bsn > p_noisy + 4
+    # 100 steps: +3.8 dB over the noisy image with the leaky head (Gaussian; +4.4 with the ReLU head it had before,
+    # which 180 s runs lose nothing by changing: docs/methods.md, "Training stability")
+    assert p_bsn > p_noisy + 3.5
     # measured with the dilated trunk: +1.4 dB (Gaussian), +0.8 dB (Poisson-Gaussian); the U-Net trunk passes too
     assert p_bsn > p_n2v + 0.3, (p_noisy, p_bsn, p_n2v)
     sigma = bsn.config["method"]["noise_sigma"]  # measured on the first batch, normalised units
