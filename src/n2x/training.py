@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Generator
+from typing import Callable, Generator, Iterable
 
 import numpy as np
 import torch
@@ -84,8 +84,9 @@ class GradientSpikeClip:
         self.norms: list[float] = []
         self.clipped = 0
 
-    def __call__(self, params: list[torch.Tensor]) -> float:
-        """Clip the gradients of ``params`` in place; return their norm before clipping."""
+    def __call__(self, params: Iterable[torch.Tensor]) -> float:
+        """Clip the gradients of ``params`` in place (those without one are skipped); return their norm before
+        clipping."""
         enough = len(self.norms) >= self.min_history
         limit = self.factor * float(np.median(self.norms)) if enough else math.inf
         norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
@@ -185,13 +186,13 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
                 scaler.scale(loss).backward()
                 if spike_clip is not None:
                     scaler.unscale_(opt)
-                    spike_clip([p for p in net.parameters() if p.grad is not None])
+                    spike_clip(net.parameters())
                 scaler.step(opt)
                 scaler.update()
             else:
                 loss.backward()
                 if spike_clip is not None:
-                    spike_clip([p for p in net.parameters() if p.grad is not None])
+                    spike_clip(net.parameters())
                 opt.step()
             step += 1
             lv = float(loss.detach())
