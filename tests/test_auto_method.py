@@ -141,7 +141,7 @@ def test_train_widget_auto_says_why(qtbot, make_napari_viewer, noisy):
     assert "Poisson-Gaussian (gain 0.0" in line and "fit R²" in line and "Anscombe" in line
 
 
-def test_vst_auto_stabilises_any_photon_noise_for_a_method_that_assumes_one_noise_variance():
+def test_vst_auto_stabilises_photon_noise_of_any_spread_for_a_method_that_assumes_one_noise_variance():
     """Poisson-Gaussian noise over a narrow range of intensities (0.2-0.6, 20 photons at 1): the probe finds it, but
     its variance grows less than VST_MIN_SPREAD-fold over the flat regions. N2V (MSE, any noise variance) trains
     on the raw data; bsn, whose posterior weighs the pixel by one noise variance, on stabilised data. White noise
