@@ -12,6 +12,7 @@ import copy
 import itertools
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterable
 
@@ -81,7 +82,7 @@ class GradientSpikeClip:
 
     def __init__(self, factor: float, window: int = 100, min_history: int = 10):
         self.factor, self.window, self.min_history = float(factor), int(window), int(min_history)
-        self.norms: list[float] = []
+        self.norms: deque[float] = deque(maxlen=self.window)
         self.clipped = 0
 
     def __call__(self, params: Iterable[torch.Tensor]) -> float:
@@ -92,7 +93,7 @@ class GradientSpikeClip:
         norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
         if math.isfinite(norm):
             self.clipped += int(norm > limit)
-            self.norms = (self.norms + [norm])[-self.window:]
+            self.norms.append(norm)
         return norm
 
 
