@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from n2x.training import GradientSpikeClip, lr_at
+from n2x.training import GradientSpikeClip, ValidationSchedule, lr_at
 
 
 def _step(clip: GradientSpikeClip, p: torch.Tensor, norm: float) -> float:
@@ -34,3 +34,17 @@ def test_learning_rate_warms_up_then_anneals():
     assert abs(lr_at(0.03, 1.0) - 1.0) < 1e-6
     assert lr_at(0.5, 1.0) < lr_at(0.2, 1.0) < 1.0
     assert abs(lr_at(1.0, 1.0) - 0.01) < 1e-6
+
+
+def test_validations_resolve_the_first_hundreds_of_steps_of_a_long_run():
+    schedule = ValidationSchedule(20)
+    steps = [s for s in range(1, 10001) if schedule.due(s, s / 10000)]
+    early = [s for s in steps if s < 500]
+    assert len(early) >= 6 and early[0] <= 30, "memorisation of a small image starts within a few hundred steps"
+    assert all(b / a <= 1.6 for a, b in zip(early, early[1:]))
+    assert all(s in steps for s in range(500, 10000, 500)), "every 5% of the run is still validated"
+    assert len(steps) <= 35 and 10000 not in steps, "the loop validates the end itself"
+    costly = ValidationSchedule(20)  # validating has taken 30% of the time: only the fractions remain
+    assert [s for s in range(1, 1001) if costly.due(s, s / 10000, 0.3)] == [500, 1000]
+    short = ValidationSchedule(20)
+    assert [s for s in range(1, 101) if short.due(s, s / 100)] == list(range(5, 100, 5))

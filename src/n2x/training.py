@@ -71,6 +71,44 @@ def lr_at(fraction: float, lr: float, warmup: float = 0.03, floor: float = 0.01)
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * f)))
 
 
+#: the first step-counted validation, and the factor between the next ones (:class:`ValidationSchedule`)
+FIRST_EARLY_VALIDATION, EARLY_VALIDATION_GROWTH = 25, 1.5
+#: the share of the run's time past which the step-counted validations wait
+MAX_VALIDATION_SHARE = 0.1
+
+
+class ValidationSchedule:
+    """When to validate: at every ``1 / n`` of the planned length, and also at steps ``25, 37, 56, 84...`` (growing
+    by half each time).
+
+    A fraction of the run alone misses the time scale of memorisation, which is counted in steps: a small image
+    memorises within a few hundred steps whatever the budget. In 180 s (about 10 thousand steps on a 102 x 102
+    image) the first validation at 5% came at step 475, already past the best weights, and ``bsn`` kept 23.2 dB;
+    the same image validated every 75 steps kept step 150 at 28.4 dB. The step-counted validations grow
+    geometrically and end once they are sparser than the fractions: a run of 10 thousand steps adds 10. They are
+    skipped while validating has taken more than :data:`MAX_VALIDATION_SHARE` of the run's time (a 3D validation
+    costs about ten of its training steps).
+    """
+
+    def __init__(self, n: int, first: int = FIRST_EARLY_VALIDATION, growth: float = EARLY_VALIDATION_GROWTH):
+        self.n, self.growth = n, growth
+        self.next_fraction, self.next_step = 1, first
+
+    def due(self, step: int, fraction: float, validation_share: float = 0.0) -> bool:
+        """Whether to validate after ``step`` steps at ``fraction`` of the planned length (never at its end, where
+        the loop validates anyway), given the share of the time spent validating so far; a due validation moves
+        both schedules on."""
+        by_step = step >= self.next_step and validation_share <= MAX_VALIDATION_SHARE
+        if fraction >= 1.0 or (fraction < self.next_fraction / self.n and not by_step):
+            return False
+        self.next_fraction = int(fraction * self.n) + 1
+        while self.next_step <= step:
+            self.next_step = math.ceil(self.next_step * self.growth)
+        if fraction > 0 and self.next_step - step > step / (fraction * self.n):
+            self.next_step = math.inf  # sparser than the fractions by now
+        return True
+
+
 class GradientSpikeClip:
     """Scales a step's gradient down to ``factor`` times the median gradient norm of the last ``window`` steps.
 
@@ -126,10 +164,10 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
     if steps is not None:  # a validation every few steps at least, not every step of a short run
         n_validations = max(1, min(n_validations, steps // 5))
     best_state, best_val, best_step = None, math.inf, 0
-    step, recent, t_train = 0, [], 0.0
+    step, recent, t_train, t_val = 0, [], 0.0, 0.0
     t0 = time.perf_counter()
     last_report = last_preview = -math.inf
-    next_val = 1
+    schedule = ValidationSchedule(n_validations)
     stopped = False
 
     def fraction() -> float:
@@ -205,9 +243,10 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
             history["elapsed"].append(round(time.perf_counter() - t0, 3))
             history["lr"].append(opt.param_groups[0]["lr"])
             val = None
-            if fraction() >= next_val / n_validations and fraction() < 1.0:
-                next_val = int(fraction() * n_validations) + 1
+            if schedule.due(step, fraction(), t_val / max(time.perf_counter() - t0, 1e-9)):
+                tv = time.perf_counter()
                 val = validate()
+                t_val += time.perf_counter() - tv
                 history["val_step"].append(step)
                 history["val_loss"].append(val)
                 history["val_elapsed"].append(round(time.perf_counter() - t0, 3))
