@@ -88,6 +88,17 @@ def noise_sigma(kind: str, clean: np.ndarray) -> float:
     return float(np.sqrt(np.mean(clean) / photons(kind) + 0.02 ** 2))
 
 
+def noise_psd(kind: str, shape: tuple[int, ...]) -> np.ndarray | float:
+    """What BM3D/BM4D are given as the true noise: the power spectral density of CORR noise (the 3 x 3 box kernel of
+    :func:`add_noise`, circular, in the bm3d package's units: its mean is the variance times the pixel count), or
+    the standard deviation of white noise (:func:`noise_sigma`)."""
+    if kind != "CORR":
+        raise ValueError(f"{kind} noise is white: use noise_sigma")
+    k = np.ones((3, 3) if len(shape) == 2 else (1, 3, 3))
+    k /= np.sqrt(np.sum(k ** 2))
+    return np.abs(np.fft.fftn(k, shape)) ** 2 * SIGMA ** 2 * int(np.prod(shape))
+
+
 def condition(name: str, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(clean, a, b)`` for image ``name`` and noise ``kind``."""
     clean = clean_image(name)
