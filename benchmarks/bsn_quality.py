@@ -1,4 +1,4 @@
-"""The all-pixel blind-spot method (``bsn``) against N2V, NL-means and BM3D/BM4D (true sigma), side by side in one run.
+"""The all-pixel blind-spot method (``bsn``) against N2V, NL-means and BM3D/BM4D (true noise), side by side in one run.
 
     python benchmarks/bsn_quality.py                                   # every condition, 180 s per method
     python benchmarks/bsn_quality.py --seconds 60 --conditions camera/G25,coins/PG,crop-camera/G25,volume/PG
