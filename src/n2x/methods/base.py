@@ -44,6 +44,9 @@ class Method:
     #: whether the method's model assumes one noise variance for every pixel (``vst="auto"`` then stabilises any
     #: Poisson-Gaussian noise the probe finds, not only noise whose variance spreads widely: see n2x.api._auto)
     constant_noise: ClassVar[bool] = False
+    #: whether the method models Poisson-Gaussian noise itself, as a variance that grows with the signal, when the api
+    #: sets ``params["noise_model"] = "photon"`` (``vst="auto"`` then leaves the data raw: see n2x.api._auto)
+    photon_noise: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.params = dict(params)

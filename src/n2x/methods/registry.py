@@ -14,13 +14,15 @@ from ..options import Option, parse_options
 class MethodInfo:
     """What a front door shows of a method: ``name`` (the key users type), ``label`` (its display name),
     ``description`` (one line), ``options`` (its declared options, with this entry's defaults) and
-    ``constant_noise`` (whether its model assumes one noise variance for every pixel: :attr:`Method.constant_noise`)."""
+    ``constant_noise`` (whether its model assumes one noise variance for every pixel: :attr:`Method.constant_noise`)
+    and ``photon_noise`` (whether it models Poisson-Gaussian noise itself: :attr:`Method.photon_noise`)."""
 
     name: str
     label: str
     description: str
     options: tuple[Option, ...]
     constant_noise: bool = False
+    photon_noise: bool = False
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -73,7 +75,7 @@ def method_info(name: str) -> MethodInfo:
     key = _resolve(name)
     cls = _load(key)
     return MethodInfo(key, cls.label_for(key), cls.description_for(key), tuple(cls.declared_options(key)),
-                      bool(getattr(cls, "constant_noise", False)))
+                      bool(getattr(cls, "constant_noise", False)), bool(getattr(cls, "photon_noise", False)))
 
 
 def get_method(name: str, **options: Any):

@@ -14,8 +14,8 @@ everything but the pixel itself (Laine et al., NeurIPS 2019), in 2D and in 3D.
   3D U-Net of N2V made 60 steps in 180 s on two CPU cores.
 - **Output** ``(B, 2C, *spatial)``: channels ``0..C-1`` the prior mean (a linear blind estimate, the mean of the
   eight in-plane neighbours, plus the learnt correction), channels ``C..2C-1`` the raw prior variance (the method
-  makes it positive with a softplus). The network also holds the noise variance (``noise_var``: per channel, in
-  the normalised units of its input), so that it is stored with the weights.
+  makes it positive with a softplus). The network also holds the noise model (``noise_var``, ``noise_gain`` and
+  ``noise_floor``: per channel, in the normalised units of its input), so that it is stored with the weights.
 
 Input ``(B, C, Y, X)`` for ``ndim=2`` or ``(B, C, Z, Y, X)`` for ``ndim=3``; any size. Blindness (an output does not
 depend on its own input pixel) holds by construction and is checked by a gradient test.
@@ -83,16 +83,30 @@ class ShiftedBSN(nn.Module):
                 self.shortcut.weight[i, i] = 1.0 / 8
             self.head[-1].weight.mul_(0.1)
             self.head[-1].bias.zero_()
-        #: the noise variance per channel, normalised units; the method sets it from the data on its first
-        #: training batch (``noise_initialised``) and it is stored with the weights
+        #: the noise variance per channel, normalised units: ``noise_var + noise_gain * signal``, at least
+        #: ``noise_floor`` (photon noise; ``noise_gain`` 0: one variance). The method sets them from the data before
+        #: training (``noise_initialised``) and they are stored with the weights
         self.register_buffer("noise_var", torch.full((c,), float(noise_var)))
+        self.register_buffer("noise_gain", torch.zeros(c))
+        self.register_buffer("noise_floor", torch.zeros(c))
         self.register_buffer("noise_initialised", torch.zeros((), dtype=torch.bool))
 
-    def set_noise_var(self, var: torch.Tensor) -> None:
-        """Set the noise variance per channel (normalised units) and mark it initialised."""
+    def set_noise_var(self, var: torch.Tensor, gain: torch.Tensor | None = None,
+                      floor: torch.Tensor | None = None) -> None:
+        """Set the noise variance per channel (normalised units): ``var`` at signal 0, growing by ``gain`` per unit
+        of signal and never below ``floor`` (default: one variance, ``var``); mark it initialised."""
         with torch.no_grad():
             self.noise_var.copy_(var.clamp_min(1e-8))
+            self.noise_gain.copy_(gain.clamp_min(0.0) if gain is not None else torch.zeros_like(self.noise_gain))
+            self.noise_floor.copy_(floor.clamp_min(1e-8) if floor is not None else self.noise_var)
             self.noise_initialised.fill_(True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D102
+        # Model files written before photon noise have one variance: no gain, floored at that variance.
+        if prefix + "noise_var" in state_dict and prefix + "noise_gain" not in state_dict:
+            state_dict[prefix + "noise_gain"] = torch.zeros_like(state_dict[prefix + "noise_var"])
+            state_dict[prefix + "noise_floor"] = state_dict[prefix + "noise_var"].clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def to(self, *args, **kwargs):  # noqa: D102
         # The engine asks 3D networks for the channels-last-3d layout; every convolution here is 2D.
