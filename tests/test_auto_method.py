@@ -10,7 +10,7 @@ from n2x.data.samples import clean_cells
 from n2x.errors import OptionError
 
 SIGMA = 25 / 255
-INDEPENDENT = "n2v"  # not yet the all-pixel blind-spot method: it memorises small images (api/_auto.py)
+INDEPENDENT = "n2v"  # for planes; volumes get the all-pixel blind-spot method (api/_auto.py)
 
 
 def _box3(white):
@@ -39,6 +39,20 @@ def test_auto_picks_the_method_for_the_noise(noisy, kind, method, vst):
     assert choice.reason.startswith("auto: ") and "\n" not in choice.reason
     assert ("Anscombe" in choice.reason) == vst
     assert ("correlated over" in choice.reason) == (kind == "CORR")
+
+
+def test_auto_picks_the_all_pixel_blind_spot_method_for_volumes():
+    """A Z stack with white noise trains in 3D by default: auto picks bsn (about 20 times N2V's steps per second in
+    3D, api/_auto.py); the same stack trained as planes (dims 2) gets the planes' method."""
+    skimage = pytest.importorskip("skimage")
+    clean = skimage.data.camera()[128:384, 128:384].astype(np.float32) / 255
+    stack = np.stack([clean[z:z + 192, :192] for z in range(0, 16, 2)])
+    volume = (stack + np.random.default_rng(3).normal(0, SIGMA, stack.shape)).astype(np.float32)
+    choice = api.choose_method(volume, "ZYX")
+    assert choice.name == "bsn" and choice.reason.endswith("(3D)"), choice.reason
+    assert api.probe_noise(volume, "ZYX").recommended == "bsn"
+    assert api.choose_method(volume, "ZYX", dims=2).name == INDEPENDENT
+    assert api.choose_method(volume[0], "YX").name == INDEPENDENT
 
 
 def test_auto_picks_n2n_for_a_partner(noisy):
@@ -141,11 +155,12 @@ def test_train_widget_auto_says_why(qtbot, make_napari_viewer, noisy):
     assert "Poisson-Gaussian (gain 0.0" in line and "fit R²" in line and "Anscombe" in line
 
 
-def test_vst_auto_stabilises_photon_noise_of_any_spread_for_a_method_that_assumes_one_noise_variance():
+def test_vst_auto_leaves_photon_noise_to_a_method_that_models_it():
     """Poisson-Gaussian noise over a narrow range of intensities (0.2-0.6, 20 photons at 1): the probe finds it, but
     its variance grows less than VST_MIN_SPREAD-fold over the flat regions. N2V (MSE, any noise variance) trains
-    on the raw data; bsn, whose posterior weighs the pixel by one noise variance, on stabilised data. White noise
-    that the probe calls Poisson-Gaussian on fine texture (a loose fit) is not stabilised for bsn either."""
+    on the raw data. bsn, whose posterior weighs the pixel by the noise variance, trains on the raw data too and
+    models the photon noise as a line in the signal; with ``vst="on"`` it trains on stabilised data with one
+    variance. White noise that the probe calls Poisson-Gaussian on fine texture (a loose fit) gets one variance."""
     skimage = pytest.importorskip("skimage")
     clean = skimage.data.camera()[128:384, 128:384].astype(np.float32)
     clean = 0.2 + 0.4 * (clean - clean.min()) / (clean.max() - clean.min())
@@ -155,14 +170,19 @@ def test_vst_auto_stabilises_photon_noise_of_any_spread_for_a_method_that_assume
     assert report.kind == "poisson-gaussian" and max(f.spread for f in report.noise_fits) < 2.5
     n2v = api.train(pg, "YX", "n2v", steps=1, patch_size=32, batch_size=4, seed=0)
     assert "vst" not in n2v.config["normalization"] and not n2v.config["noise"]["vst"]
-    bsn = api.train(pg, "YX", "bsn", steps=1, patch_size=32, batch_size=1, seed=0, network={"features": 8})
-    assert bsn.config["noise"]["vst"] and bsn.normalization.vst is not None
-    off = api.train(pg, "YX", "bsn", steps=1, patch_size=32, batch_size=1, seed=0, network={"features": 8},
-                    vst="off")
-    assert off.normalization.vst is None
+    tiny = dict(steps=1, patch_size=32, batch_size=1, seed=0, network={"features": 8})
+    bsn = api.train(pg, "YX", "bsn", **tiny)
+    assert bsn.normalization.vst is None and bsn.config["method"]["noise_model"] == "photon"
+    # the gain in normalised units: the data's 1/20 per unit of signal, over the normalisation's scale
+    scale = bsn.config["normalization"]["scale"][0]
+    assert bsn.config["method"]["noise_gain"][0] == pytest.approx(1 / 20 / scale, rel=0.25)
+    stabilised = api.train(pg, "YX", "bsn", vst="on", **tiny)
+    assert stabilised.normalization.vst is not None and "noise_model" not in stabilised.config["method"]
+    off = api.train(pg, "YX", "bsn", vst="off", **tiny)
+    assert off.normalization.vst is None and "noise_model" not in off.config["method"]
     cells = clean_cells((256, 256), seed=3)
     white = (cells + np.random.default_rng(4).normal(0, 0.1, cells.shape)).astype(np.float32)
     report = api.probe_noise(white, "YX")
     assert report.kind == "poisson-gaussian" and report.noise_fits[0].r2 < 0.93  # the probe's false call
-    loose = api.train(white, "YX", "bsn", steps=1, patch_size=32, batch_size=1, seed=0, network={"features": 8})
-    assert loose.normalization.vst is None
+    loose = api.train(white, "YX", "bsn", **tiny)
+    assert loose.normalization.vst is None and "noise_model" not in loose.config["method"]

@@ -27,7 +27,7 @@ def train_steps(data: Any, axes: str, method: str, kw: dict[str, Any], region: P
     """Worker body: resolve the method (``auto``: the noise probe chooses) and yield ``(MethodChoice, None)``, then
     train, yielding ``(TrainProgress, preview region index)``; returns the model."""
     choice = api.choose_method(data, axes, method, target=kw.get("target"), pairs=kw.get("pairs"),
-                               vst=kw.get("vst", "auto"))
+                               vst=kw.get("vst", "auto"), dims=kw.get("dims"))
     yield choice, None
     gen = api.train_iter(data, axes, choice, should_stop=should_stop,
                          preview=region.read if region is not None else None, **kw)

@@ -5,8 +5,8 @@ The rule (:func:`choose_method`):
 - a partner was given (N2N's ``target`` or ``pairs``): ``n2n``, which learns from two independent noisy views;
 - the noise is spatially correlated (the probe's correlation length is above 0): ``apbsn``, whose blind box or
   pixel-shuffle stride covers the correlation;
-- otherwise (pixel-independent Gaussian or Poisson-Gaussian noise): ``n2v`` (:data:`INDEPENDENT_METHODS` says
-  why not yet the all-pixel blind-spot method ``bsn``).
+- otherwise (pixel-independent Gaussian or Poisson-Gaussian noise): ``n2v`` for planes, ``bsn`` (the all-pixel
+  blind-spot method) for volumes (:data:`INDEPENDENT_METHODS` says why).
 
 ``vst="auto"`` turns the generalised Anscombe transform on when the probe finds Poisson-Gaussian noise whose
 variance at least :data:`VST_MIN_SPREAD`-folds between the darker and the brighter regions (below, the transform
@@ -15,7 +15,10 @@ cells with sharp filaments). A method whose model assumes one noise variance for
 ``MethodInfo.constant_noise``) gets it at any spread when the Poisson-Gaussian line fits the flat blocks closely
 (R² at least :data:`CONSTANT_NOISE_MIN_R2`): the flat blocks may span a narrow range of intensities (moon/PG:
 x1.18, cell at 5 photons: x1.58) while the image's noise varies far more, and a constant variance then weighs the
-noisy pixel in where the noise is strongest. Cheap to import (no torch): the probe is numpy.
+noisy pixel in where the noise is strongest. A method that models photon noise itself (``bsn``:
+``MethodInfo.photon_noise``) gets no transform under ``auto`` where it would get one: its posterior takes a noise
+variance that grows with the signal instead (:func:`photon_noise_wanted`). Cheap to import (no torch): the probe
+is numpy.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..data.axes import make_layout
 from ..data.normalize import Normalization
 from ..data.noise_report import NoiseReport
 from ..data.probe import probe_noise as _probe
@@ -32,12 +36,13 @@ from ..methods import method_info, method_names
 from ..noise import GeneralizedAnscombe, PoissonGaussianNoise
 from ._options import AUTO_METHOD, VST_CHOICES
 
-#: the method ``auto`` picks for pixel-independent noise. N2V, not the all-pixel blind-spot method ``bsn``: at the
-#: 180 s protocol ``bsn`` (its gradient spikes clipped) reached BM3D on camera and coins (G25 and PG, 0.3-1.5 dB
-#: above N2V) and beat both on cell/G15 (+3.4 dB over N2V), but it stays under N2V on moon (0.5-0.6 dB) and at 5
-#: photons (cell: 3.3 dB), and it memorises small images (a 100 x 100 crop: -0.5 dB; a 102 x 102 image: -5.2 dB).
-#: A default must hold on every kind of image (docs/methods.md).
-INDEPENDENT_METHODS = ("n2v",)
+#: the method ``auto`` picks for pixel-independent noise, by the training's dimensionality. Volumes: the all-pixel
+#: blind-spot method ``bsn``: at the 180 s protocol on the dev volume it made 1277-1314 steps where N2V's 3D U-Net
+#: made 61-62, and beat N2V by 2.6 dB (PG) and 3.6 dB (G25), and BM4D given the true sigma by 6.1 and 1.1 dB.
+#: Planes: N2V. There ``bsn`` reached BM3D on camera and coins (G25 and PG, 0.3-1.5 dB above N2V) and beat both
+#: on cell/G15 (+3.4 dB over N2V), but it stays under N2V on moon (0.5-0.6 dB) and is level with it on a 102 x 102
+#: image; a default must hold on every kind of image (docs/methods.md).
+INDEPENDENT_METHODS = {2: "n2v", 3: "bsn"}
 #: at most this many samples (planes or volumes) of each image are read to fit a transformed normalisation
 _NORM_SAMPLES = 4
 #: ``vst="auto"`` needs the fitted variance to grow by this factor from the 10th to the 90th percentile of the
@@ -77,10 +82,26 @@ class MethodChoice:
         return {"requested": self.requested, "method": self.name, "reason": self.reason}
 
 
-def independent_method() -> str:
-    """The method for pixel-independent noise (:data:`INDEPENDENT_METHODS`, the first registered one)."""
+def independent_method(volume: bool = False) -> str:
+    """The method for pixel-independent noise in planes or in volumes (:data:`INDEPENDENT_METHODS`; the first
+    registered method where that one is not registered)."""
     names = method_names()
-    return next((m for m in INDEPENDENT_METHODS if m in names), names[0])
+    name = INDEPENDENT_METHODS[3 if volume else 2]
+    return name if name in names else names[0]
+
+
+def trains_volumes(images: Any, axes: str | None, dims: int | None = None) -> bool:
+    """Whether training on ``images`` with ``axes`` and ``dims`` uses a 3D network: ``dims`` 3, or no ``dims`` and a
+    Z axis (:func:`n2x.data.axes.make_layout`)."""
+    if dims is not None:
+        return int(dims) == 3
+    first = images[0] if isinstance(images, (list, tuple)) else images
+    if first is None or not hasattr(first, "shape"):
+        return bool(axes) and "Z" in axes.upper()
+    try:
+        return make_layout(first.shape, axes).ndim_spatial == 3
+    except InputError:
+        return False
 
 
 def vst_wanted(report: NoiseReport | None, constant_noise: bool = False) -> bool:
@@ -98,15 +119,17 @@ def probe_noise(image: Any, axes: str | None = None) -> NoiseReport:
     quality); its ``recommended`` method is the one ``method="auto"`` would train (without a partner)."""
     report = _probe(image, axes)
     if report.recommended != "apbsn":
-        report.recommended = independent_method()
+        report.recommended = independent_method(trains_volumes(image, axes))
     return report
 
 
 def choose_method(images: Any, axes: str | None = None, method: str = AUTO_METHOD, *, target: Any = None,
-                  pairs: Any = None, report: NoiseReport | None = None, vst: str = "auto") -> MethodChoice:
+                  pairs: Any = None, report: NoiseReport | None = None, vst: str = "auto",
+                  dims: int | None = None) -> MethodChoice:
     """Resolve ``method``: a method name stays as it is (checked); ``"auto"`` follows the rule of this module,
     probing the first image (``report``: a probe already made of it; ``vst``: the training's setting, for the
-    reason's wording). Returns a :class:`MethodChoice`."""
+    reason's wording; ``dims``: the training's, which with ``axes`` says planes or volumes). Returns a
+    :class:`MethodChoice`."""
     if (method or "").lower() != AUTO_METHOD:
         info = method_info(method)  # an unknown method is an OptionError here
         return MethodChoice(info.name, f"{info.label} (chosen by the user)", info.name, report)
@@ -118,16 +141,22 @@ def choose_method(images: Any, axes: str | None = None, method: str = AUTO_METHO
         try:
             report = probe_noise(first, axes)
         except InputError as exc:
-            name = independent_method()
+            name = independent_method(trains_volumes(images, axes, dims))
             return MethodChoice(name, f"auto: {method_info(name).label}, the default for independent noise (the "
                                       f"noise could not be measured: {exc.message})")
     if report.kind == "correlated":
         why = f"correlated over {report.correlation_length} px (blind box / stride {report.stride})"
         return MethodChoice("apbsn", f"auto: AP-BSN, because the noise is {why}", report=report)
-    name = independent_method()
+    volume = trains_volumes(images, axes, dims)
+    name = independent_method(volume)
     kind = _KIND_WORDS.get(report.kind, report.kind)
-    with_vst = " (with the Anscombe transform)" if vst == "on" or (vst == "auto" and vst_wanted(report)) else ""
-    why = f"the noise is pixel-independent, {kind}, sigma {report.sigma:.3g}"
+    if photon_noise_wanted(vst, report, name):
+        with_vst = " (photon noise in its posterior)"
+    elif vst == "on" or (vst == "auto" and vst_wanted(report, method_info(name).constant_noise)):
+        with_vst = " (with the Anscombe transform)"
+    else:
+        with_vst = ""
+    why = f"the noise is pixel-independent, {kind}, sigma {report.sigma:.3g}{' (3D)' if volume else ''}"
     return MethodChoice(name, f"auto: {method_info(name).label}{with_vst}, because {why}", report=report)
 
 
@@ -144,6 +173,8 @@ def resolve_vst(vst: str, report: NoiseReport | None, method: str) -> list[Gener
         raise OptionError(f"vst must be one of {', '.join(VST_CHOICES)}, not {vst!r}")
     if vst == "off" or report is None or (vst == "auto" and not vst_wanted(report, method_info(method).constant_noise)):
         return None
+    if vst == "auto" and method_info(method).photon_noise:
+        return None  # the method models the photon noise itself (photon_noise_wanted)
     if method == "apbsn":
         if vst == "on":
             raise OptionError("the variance-stabilising transform does not apply to AP-BSN, whose filter models "
@@ -155,6 +186,15 @@ def resolve_vst(vst: str, report: NoiseReport | None, method: str) -> list[Gener
         raise OptionError("the variance-stabilising transform needs photon (Poisson) noise, and the noise probe "
                           "found none: the noise variance does not grow with the signal", hint="give {vst} off or auto")
     return [GeneralizedAnscombe.from_noise(m) for m in models]
+
+
+def photon_noise_wanted(vst: str, report: NoiseReport | None, method: str) -> bool:
+    """Whether ``method`` models the noise as photon noise in its posterior (``params["noise_model"] = "photon"``):
+    under ``vst="auto"``, for a method that can (:attr:`MethodInfo.photon_noise`), where the transform would
+    otherwise be on (:func:`vst_wanted`). The transform is an approximation where counts are low: at 5 photons
+    ``bsn`` with it stayed 3.3 dB under N2V (cell/PG5), and its posterior fell below its own prior mean."""
+    info = method_info(method)
+    return vst == "auto" and info.photon_noise and vst_wanted(report, info.constant_noise)
 
 
 def fit_vst_normalization(images: Sequence[Any], layouts: Sequence[Any], mode: str,

@@ -23,7 +23,8 @@ from ..model import Model
 from ..options import parse_options
 from ..training import TrainProgress, fit, import_optimiser_support
 
-from ._auto import MethodChoice, choose_method, fit_vst_normalization, noise_config, probe_quietly, resolve_vst
+from ._auto import (MethodChoice, choose_method, fit_vst_normalization, noise_config, photon_noise_wanted,
+                    probe_quietly, resolve_vst)
 from ._options import (DEFAULT_BATCH, DEFAULT_PATCH, DEFAULT_SECONDS, LEARNING_RATE,  # noqa: F401
                        MAX_DEFAULT_BATCH, MAX_MEMORY, PREVIEW_EVERY, TRAIN_OPTIONS, VAL_FRACTION)
 
@@ -111,7 +112,7 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
     images = _as_list(images)
     if not images:
         raise InputError("no training images were given")
-    choice = _resolve_method(images, axes, method, method_options, vst)
+    choice = _resolve_method(images, axes, method, method_options, vst, common.get("dims"))
     method = choice.name
     meth, data_options = _build_method(method, method_options)
     target, pairs, along = (data_options.get(k) for k in ("target", "pairs", "along"))
@@ -157,6 +158,8 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
     batch_size = int(batch_size)
     sources = meth.make_sources(images, layouts, target=target, pairs=pairs, along=along)
     transforms = resolve_vst(vst, choice.report, method)
+    if photon_noise_wanted(vst, choice.report, method):
+        meth.params["noise_model"] = "photon"
     vst_norm = fit_vst_normalization(images, layouts, normalization, transforms) if transforms else None
     sampler = PatchSampler(sources, patch, max_memory=max_memory, val_fraction=val_fraction,
                            normalization=normalization, seed=seed, norm=vst_norm)
@@ -220,13 +223,13 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
 
 
 def _resolve_method(images: list, axes: str | None, method: str | MethodChoice, options: dict[str, Any],
-                    vst: str) -> MethodChoice:
+                    vst: str, dims: int | None) -> MethodChoice:
     """The method to train, with the noise probe's report where ``method`` is ``"auto"`` or ``vst`` is ``"auto"``
     or ``"on"`` (one probe serves both)."""
     choice = method
     if not isinstance(choice, MethodChoice):
         choice = choose_method(images, axes, method, target=options.get("target"), pairs=options.get("pairs"),
-                               vst=vst)
+                               vst=vst, dims=dims)
     if choice.report is None and vst != "off":
         choice = dataclasses.replace(choice, report=probe_quietly(images, axes))
     return choice

@@ -63,7 +63,8 @@ def _choose(args: argparse.Namespace, infos: list, axes: str) -> Any:
         return api.choose_method([i.data for i in infos], axes, args.method)
     partner = given(args, [n for n in ("target", "pairs") if n in args.method_owners])
     choice = api.choose_method([i.data for i in infos], axes, api.AUTO_METHOD, target=partner.get("target"),
-                               pairs=partner.get("pairs"), vst=getattr(args, "vst", None) or "auto")
+                               pairs=partner.get("pairs"), vst=getattr(args, "vst", None) or "auto",
+                               dims=getattr(args, "dims", None))
     if not args.quiet:
         print(choice.reason)
     return choice
