@@ -18,8 +18,10 @@ puts back through a Gaussian posterior:
   the surroundings cannot tell its value (edges, texture), not where they can (flat regions). One global weight
   (AP-BSN's box filter with a 1 x 1 box) cannot serve both.
 
-Values are in the normalised units the engine trains in; with Poisson-Gaussian noise the data are stabilised first
-(the normalisation's variance-stabilising transform), so the noise is close to Gaussian with a constant variance.
+Values are in the normalised units the engine trains in. With Poisson-Gaussian noise (``noise_model`` ``"photon"``,
+set by the api where ``vst="auto"`` finds it) the noise variance is a line in the signal, for which the prior mean
+stands (Laine et al.'s Poisson-Gaussian variant: :func:`robust_noise_line`); with ``vst="on"`` the data are
+stabilised instead, and the noise is close to Gaussian with one variance.
 
 Small images (a crop, one field of view): the network can memorise a single image's noise. The training patch is
 chosen so that a stripe of the image is held out (:meth:`BlindSpotAllPixels.training_defaults`); the likelihood
