@@ -78,7 +78,7 @@ MAX_VALIDATION_SHARE = 0.1
 
 
 class ValidationSchedule:
-    """When to validate: at every ``1 / n`` of the planned length, and also at steps ``25, 37, 56, 84...`` (growing
+    """When to validate: at every ``1 / n`` of the planned length, and also at steps ``25, 38, 57, 86...`` (growing
     by half each time).
 
     A fraction of the run alone misses the time scale of memorisation, which is counted in steps: a small image
