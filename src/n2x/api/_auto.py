@@ -39,7 +39,7 @@ from ._options import AUTO_METHOD, VST_CHOICES
 #: the method ``auto`` picks for pixel-independent noise, by the training's dimensionality. Volumes: the all-pixel
 #: blind-spot method ``bsn``: at the 180 s protocol on the dev volume it made 1277-1451 steps where N2V's 3D U-Net
 #: made 61-62, and beat N2V by 3.7 dB (PG, photon noise in its posterior) and 3.6 dB (G25), and BM4D given the
-#: true sigma by 7.2 and 1.1 dB. Its inference takes 20-30 times N2V's on a CPU (an ensemble of 8 passes).
+#: true sigma by 7.2 and 1.1 dB. Its inference takes about 6 times N2V's on a CPU (its default ensemble of 2).
 #: Planes: N2V. There ``bsn`` reached BM3D on camera and coins (G25 and PG, 0.3-1.5 dB above N2V) and beat both
 #: on cell/G15 (+3.4 dB over N2V), but it stays under N2V on moon (0.5-0.6 dB) and is level with it on a 102 x 102
 #: image; a default must hold on every kind of image (docs/methods.md).
