@@ -76,9 +76,9 @@ GRADIENT_SPIKE_FACTOR = 3.0
 class BlindSpotAllPixels(Method):
     """Laine et al.'s blind-spot network trained on every pixel, with a Gaussian posterior re-injecting the pixel.
 
-    Options (:attr:`options`): ``ensemble`` (flips and 90-degree rotations averaged when denoising, default :data:`ENSEMBLE`),
-    ``trunk`` (the in-plane network: ``unet``, Laine et al.'s shifted U-Net, ``dilated``, AP-BSN's dilated
-    half-plane convolutions, or ``auto``: :meth:`trunk_for`), ``z_context`` (3D: planes on each side of a voxel's
+    Options (:attr:`options`): ``ensemble`` (flips and 90-degree rotations averaged when denoising, default
+    :data:`ENSEMBLE`), ``trunk`` (the in-plane network: ``unet``, Laine et al.'s shifted U-Net, ``dilated``, AP-BSN's
+    dilated half-plane convolutions, or ``auto``: :meth:`trunk_for`), ``z_context`` (3D: planes on each side of a voxel's
     plane the network sees, default 2). Stored by training:
     ``noise_sigma`` (the measured noise standard deviation per channel, normalised units, for the record).
     """
@@ -262,8 +262,8 @@ def robust_noise_line(x: torch.Tensor, bins: int = NOISE_LINE_BINS) -> tuple[tor
     ``var0 + gain * signal`` (``gain`` at least 0) and its floor. The pixels of each channel are split into ``bins``
     equal groups by their 3 x 3 local mean (the signal); in each group the variance is read as in
     :func:`robust_noise_var` (the median of Immerkaer's operator), and a line is fitted through the groups by least
-    squares on relative errors. The floor is half the smallest group's variance: photon noise never falls below the read noise, and
-    the line is not trusted beyond the darkest group."""
+    squares on relative errors. The floor is half the smallest group's variance: photon noise never falls below
+    the read noise, and the line is not trusted beyond the darkest group."""
     box = torch.full((1, 1, 3, 3), 1.0 / 9, device=x.device)
     lines = []
     for p in _yx_planes(x):
