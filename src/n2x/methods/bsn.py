@@ -78,8 +78,8 @@ class BlindSpotAllPixels(Method):
 
     Options (:attr:`options`): ``ensemble`` (flips and 90-degree rotations averaged when denoising, default
     :data:`ENSEMBLE`), ``trunk`` (the in-plane network: ``unet``, Laine et al.'s shifted U-Net, ``dilated``, AP-BSN's
-    dilated half-plane convolutions, or ``auto``: :meth:`trunk_for`), ``z_context`` (3D: planes on each side of a voxel's
-    plane the network sees, default 2). Stored by training:
+    dilated half-plane convolutions, or ``auto``: :meth:`trunk_for`), ``z_context`` (3D: planes on each side of a
+    voxel's plane the network sees, default 2). Stored by training:
     ``noise_sigma`` (the measured noise standard deviation per channel, normalised units, for the record).
     """
 
