@@ -1,9 +1,13 @@
 """The training loop's safeguards (n2x.training)."""
 import math
 
+import numpy as np
 import torch
 
-from n2x.training import GradientSpikeClip, ValidationSchedule, lr_at
+from n2x.data.axes import make_layout
+from n2x.data.patches import PatchSampler, single_source
+from n2x.methods.base import Method
+from n2x.training import GradientSpikeClip, ValidationSchedule, fit, lr_at
 
 
 def _step(clip: GradientSpikeClip, p: torch.Tensor, norm: float) -> float:
@@ -48,3 +52,38 @@ def test_validations_resolve_the_first_hundreds_of_steps_of_a_long_run():
     assert [s for s in range(1, 1001) if costly.due(s, s / 10000, 0.3)] == [500, 1000]
     short = ValidationSchedule(20)
     assert [s for s in range(1, 101) if short.due(s, s / 100)] == list(range(5, 100, 5))
+
+
+def _run(gen):
+    """Drive the training generator to its end; its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+class _Drifting(Method):
+    """A loss whose training optimum (w = 10) lies past its held-out one (w = 3): a run that memorises."""
+
+    name = "drifting"
+    deterministic_loss = True
+    rewinds_when_memorising = True
+
+    def loss(self, net, patches, generator):
+        return (net.w - (10.0 if net.training else 3.0)).pow(2).sum() + 0 * patches[0].mean()
+
+
+def test_a_memorising_run_rewinds_to_its_best_weights_and_anneals_from_there():
+    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    sampler = PatchSampler([single_source(image, make_layout(image.shape, "YX"))], (16, 16), seed=0)
+    net = torch.nn.Module()
+    net.w = torch.nn.Parameter(torch.zeros(1))
+    net, history = _run(fit(_Drifting(), net, sampler, device=torch.device("cpu"), steps=2000, lr=0.1,
+                                   batch_size=2, seed=0))
+    assert "rewound_at" in history, "the held-out loss rose for three validations: the run went back"
+    assert history["rewound_at"] >= 2 * history["rewound_to"]
+    assert history["steps"] < 2000 and history["steps"] <= history["rewound_at"] + max(history["rewound_to"], 50)
+    lrs = history["lr"][history["rewound_at"]:]
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.1 * lrs[0], "annealed from the best"
+    assert abs(float(net.w) - 3.0) < 1.0, "the weights kept are the held-out loss's best, not the memorised ones"

@@ -63,7 +63,11 @@ def _fold(x: torch.Tensor, fold: bool) -> torch.Tensor:
     return x.contiguous(memory_format=memory_format(x.ndim - 2))
 
 
-def lr_at(fraction: float, lr: float, warmup: float = 0.03, floor: float = 0.01) -> float:
+#: the share of the planned length the learning rate warms up over (:func:`lr_at`)
+WARMUP = 0.03
+
+
+def lr_at(fraction: float, lr: float, warmup: float = WARMUP, floor: float = 0.01) -> float:
     """Warm-up then cosine decay to ``floor * lr`` at ``fraction`` 1."""
     if fraction < warmup:
         return lr * max(fraction / warmup, 0.05)
@@ -75,6 +79,9 @@ def lr_at(fraction: float, lr: float, warmup: float = 0.03, floor: float = 0.01)
 FIRST_EARLY_VALIDATION, EARLY_VALIDATION_GROWTH = 25, 1.5
 #: the share of the run's time past which the step-counted validations wait
 MAX_VALIDATION_SHARE = 0.1
+#: validations in a row worse than the best before a memorising run rewinds (:class:`RewindAnneal`), and the
+#: shortest anneal after it, in steps
+REWIND_PATIENCE, MIN_ANNEAL_STEPS = 3, 50
 
 
 class ValidationSchedule:
@@ -107,6 +114,40 @@ class ValidationSchedule:
         if fraction > 0 and self.next_step - step > step / (fraction * self.n):
             self.next_step = math.inf  # sparser than the fractions by now
         return True
+
+
+class RewindAnneal:
+    """A run that memorises (its held-out loss worse at each of the last :data:`REWIND_PATIENCE` validations than
+    at its best, and at least twice the best's steps done) goes back to its best weights and anneals the learning
+    rate from there to the schedule's floor, in as many steps as it took to reach them (fewer where the budget has
+    fewer left; at least :data:`MIN_ANNEAL_STEPS`), then stops.
+
+    A single small image memorises within a few hundred steps whatever the budget, so its best weights come from
+    early in the cosine schedule, at a high learning rate, and the rest of the run is spent past them. An anneal
+    that ends where memorising begins keeps what it learnt without the noise of a high rate: ``bsn`` on the camera
+    100 x 100 crop (G25) kept step 437 of 10809 at 26.21 dB in 180 s; trained to 600 steps it ended at 26.55.
+    """
+
+    def __init__(self, floor: float = 0.01):
+        self.floor = floor
+        self.start: int | None = None
+        self.length = 0
+        self.lr0 = 0.0
+
+    def due(self, step: int, best_step: int, worse_in_a_row: int, past_warmup: bool) -> bool:
+        """Whether to rewind now, after a validation at ``step`` (the best was at ``best_step``)."""
+        return (self.start is None and past_warmup and best_step > 0 and step >= 2 * best_step
+                and worse_in_a_row >= REWIND_PATIENCE)
+
+    def begin(self, step: int, length: int, lr0: float) -> None:
+        self.start, self.length, self.lr0 = step, max(int(length), MIN_ANNEAL_STEPS), lr0
+
+    def lr(self, step: int) -> float:
+        f = min(1.0, (step - self.start) / self.length)
+        return self.lr0 * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * f)))
+
+    def finished(self, step: int) -> bool:
+        return self.start is not None and step - self.start >= self.length
 
 
 class GradientSpikeClip:
@@ -163,8 +204,9 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
         val_repeats = 1
     if steps is not None:  # a validation every few steps at least, not every step of a short run
         n_validations = max(1, min(n_validations, steps // 5))
-    best_state, best_val, best_step = None, math.inf, 0
+    best_state, best_val, best_step, best_lr, worse_in_a_row = None, math.inf, 0, lr, 0
     step, recent, t_train, t_val = 0, [], 0.0, 0.0
+    rewind = RewindAnneal() if method.rewinds_when_memorising else None
     t0 = time.perf_counter()
     last_report = last_preview = -math.inf
     schedule = ValidationSchedule(n_validations)
@@ -206,13 +248,13 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
             preview=prev, done=done, stopped=stopped, history=history)
 
     try:
-        while fraction() < 1.0:
+        while fraction() < 1.0 and not (rewind is not None and rewind.finished(step)):
             if should_stop is not None and should_stop():
                 stopped = True
                 break
             ts = time.perf_counter()
             for g in opt.param_groups:
-                g["lr"] = lr_at(fraction(), lr)
+                g["lr"] = rewind.lr(step) if rewind is not None and rewind.start is not None else lr_at(fraction(), lr)
             batch = tuple(_fold(torch.from_numpy(b).to(device, non_blocking=True), fold_channels)
                           for b in sampler.batch(batch_size))
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -251,8 +293,15 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
                 history["val_loss"].append(val)
                 history["val_elapsed"].append(round(time.perf_counter() - t0, 3))
                 if val < best_val:
-                    best_val, best_step = val, step
+                    best_val, best_step, best_lr, worse_in_a_row = val, step, opt.param_groups[0]["lr"], 0
                     best_state = copy.deepcopy(net.state_dict())
+                else:
+                    worse_in_a_row += 1
+                if rewind is not None and rewind.due(step, best_step, worse_in_a_row, fraction() > WARMUP):
+                    net.load_state_dict(best_state)
+                    left = int(step * (1 - fraction()) / max(fraction(), 1e-9))  # steps the budget has left
+                    rewind.begin(step, min(best_step, left), best_lr)
+                    history["rewound_at"], history["rewound_to"] = step, best_step
             now = time.perf_counter()
             if val is not None or now - last_report >= report_every:
                 last_report = now

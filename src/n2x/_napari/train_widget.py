@@ -310,6 +310,8 @@ class TrainWidget(TrainRun, DockJoiner, QWidget):
         best = hist.get("best_val_loss")
         self.status.setText(f"Training {how} after {hist.get('steps', '?')} steps"
                             + (f"; best validation loss {best:.4g} at step {hist.get('best_step')}" if best else "")
+                            + (f" (the held-out loss rose after step {hist['rewound_to']}: training went back there "
+                               "and annealed from it)" if hist.get("rewound_at") else "")
                             + f". Model listed in Denoise as “{entry.name}”.")
         if self.settings.options.get("denoise_after") and layer in self.viewer.layers:
             self._denoise_trained(layer)

@@ -14,6 +14,7 @@ import torch
 from .._progress import drain
 from .._version import __version__
 from ..data.axes import CONSTANT_MESSAGE, Layout, check_dtype, check_train_size, make_layout
+from ..data.holdout import with_held_out_pixels
 from ..data.patches import PatchSampler
 from ..device import autocast_dtype, precision_name, select_device
 from ..durations import parse_duration
@@ -157,6 +158,8 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
         batch_size = _default_batch(patch, want_patch, want_batch)
     batch_size = int(batch_size)
     sources = meth.make_sources(images, layouts, target=target, pairs=pairs, along=along)
+    if meth.validates_on_held_out_pixels and val_fraction > 0:
+        sources = [with_held_out_pixels(src, val_fraction) for src in sources]
     transforms = resolve_vst(vst, choice.report, method)
     if photon_noise_wanted(vst, choice.report, method):
         meth.params["noise_model"] = "photon"

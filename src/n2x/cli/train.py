@@ -124,4 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"saved {saved}: {h['steps']} steps in {h['train_seconds']:.0f} s "
               f"({h['patches_per_second']:.0f} patches/s), best validation loss {h['best_val_loss']:.4g} "
               f"at step {h['best_step']}")
+        if h.get("rewound_at"):
+            print(f"n2x: stopped early: the held-out loss rose after step {h['rewound_to']} (memorising the image), so "
+                  f"training went back there at step {h['rewound_at']} and annealed from it")
     return 0

@@ -24,6 +24,9 @@ Region = tuple[slice, ...]
 #: random regions read before training starts when each comes with a costly aux block (F2F's flows); enough for the
 #: normalisation's statistics (8 regions of 256 x 256 for F2F's 64 x 64 patches: half a million pixels)
 FIRST_AUX_REGIONS = 8
+#: pixels of validation patches where pixels are held out (:attr:`Source.holds_out_pixels`): with the usual 10% held
+#: out, 26 thousand pixels judge a checkpoint (64 patches of 64 x 64; 8 of 8 x 64 x 64)
+HELD_OUT_VAL_PIXELS = 2 ** 18
 
 
 @dataclass
@@ -36,7 +39,9 @@ class Source:
     With ``aux_channels`` > 0, ``read`` returns one more array, ``(aux_channels, *spatial)``: per-pixel data that go
     with the stacks but are not intensities (frame-to-frame alignment: flows and masks). It is not normalised;
     ``aux_vectors`` are its channels where a displacement ``(d_Z, d_Y, d_X)`` or ``(d_Y, d_X)`` in pixels starts, which
-    flips and rotations turn with the patch. ``aux_cache`` is whatever computes it (for reports: its cost).
+    flips and rotations turn with the patch. ``aux_cache`` is whatever computes it (for reports: its cost). With
+    ``holds_out_pixels`` the aux block marks pixels held out from the loss for validation
+    (:func:`n2x.data.holdout.with_held_out_pixels`): every sample and region then trains, and validates there too.
     """
 
     layout: Layout
@@ -47,6 +52,7 @@ class Source:
     aux_channels: int = 0
     aux_vectors: tuple[int, ...] = ()
     aux_cache: Any = None
+    holds_out_pixels: bool = False
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -77,7 +83,8 @@ class PatchSampler:
 
     ``patch_shape`` is spatial (``(Y, X)`` or ``(Z, Y, X)``). Flips on every spatial axis; 90-degree rotations in the
     YX plane when ``rotate`` (default: when the patch is square in YX). ``val_fraction`` of the samples (or a stripe of
-    each image when there are few samples) is held out for validation and never trained on.
+    each image when there are few samples) is held out for validation and never trained on; sources that hold out
+    pixels instead (:attr:`Source.holds_out_pixels`) train on every sample and region.
     """
 
     def __init__(self, sources: Sequence[Source], patch_shape: Sequence[int], *, max_memory: float = 2e9,
@@ -112,8 +119,10 @@ class PatchSampler:
         self.flip = flip
         self.rng = np.random.default_rng(seed)
         self.max_memory = float(max_memory)
+        self.holds_out_pixels = all(src.holds_out_pixels for src in self.sources)
         self.splits = [self._split(src, val_fraction) for src in self.sources]
-        self.val_independent = all(s.val_samples or s.val_region is not None for s in self.splits)
+        self.val_independent = self.holds_out_pixels or all(s.val_samples or s.val_region is not None
+                                                            for s in self.splits)
 
         bytes_needed = sum(src.n_pixels * 4 * sum(self.array_channels) for src in self.sources)
         self.in_memory = bytes_needed <= self.max_memory
@@ -135,7 +144,8 @@ class PatchSampler:
             self.n_regions = self._n_cache_regions()
             # An aux block costs (F2F's flows: 1-1.5 s per region of 256 x 256 on a CPU, and a 2 GiB budget keeps 256
             # regions): training starts from a few regions, and the background reader adds the rest.
-            n_first = min(self.n_regions, FIRST_AUX_REGIONS) if self.aux_channels else self.n_regions
+            costly = self.aux_channels and not self.holds_out_pixels
+            n_first = min(self.n_regions, FIRST_AUX_REGIONS) if costly else self.n_regions
             raw = [self._read_random_region(self.rng) for _ in range(n_first)]
         for blocks in raw:
             for b in blocks:
@@ -151,7 +161,7 @@ class PatchSampler:
         full = tuple(slice(0, n) for n in src.spatial_shape)
         samples = list(range(src.n_samples))
         total_samples = sum(s.n_samples for s in self.sources)
-        if val_fraction <= 0:
+        if val_fraction <= 0 or self.holds_out_pixels:
             return _Split(samples, [], full, None)
         if total_samples >= 10 and src.n_samples >= 2:
             n_val = max(1, round(src.n_samples * val_fraction))
@@ -212,8 +222,13 @@ class PatchSampler:
         """A fixed set of validation patches, tiled over the held-out data (or drawn from training data)."""
         rng = np.random.default_rng(12345)
         picks: list[tuple[np.ndarray, ...]] = []
+        if self.holds_out_pixels:
+            n_max = min(n_max, max(1, HELD_OUT_VAL_PIXELS // prod(self.patch)))
         for src, split in zip(self.sources, self.splits):
-            if split.val_samples:
+            if self.holds_out_pixels:  # every sample trains: validate on samples spread over the stack
+                spread = np.unique(np.linspace(0, len(split.train_samples) - 1, max(1, n_max)).round().astype(int))
+                parts = [(split.train_samples[i], split.train_region) for i in spread]
+            elif split.val_samples:
                 parts = [(s, tuple(slice(0, n) for n in src.spatial_shape)) for s in split.val_samples]
             elif split.val_region is not None:
                 parts = [(s, split.val_region) for s in split.train_samples]
@@ -222,9 +237,12 @@ class PatchSampler:
             for s, region in parts[:max(1, n_max)]:
                 shape = _region_shape(region, src.spatial_shape)
                 starts = [range(r.start, r.start + n - p + 1, p) for r, n, p in zip(region, shape, self.patch)]
-                grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, self.ndim)
-                subs = [tuple(slice(int(a), int(a) + p) for a, p in zip(g, self.patch))
-                        for g in grid[rng.permutation(len(grid))][: max(1, n_max // len(parts))]]
+                counts = [len(a) for a in starts]
+                total, k = prod(counts), max(1, n_max // len(parts))
+                # a random pick of the tiling grid, without listing a large volume's grid
+                order = rng.permutation(total)[:k] if total <= 1_000_000 else rng.choice(total, k, replace=False)
+                grid = np.stack([np.asarray(a)[i] for a, i in zip(starts, np.unravel_index(order, counts))], -1)
+                subs = [tuple(slice(int(a), int(a) + p) for a, p in zip(g, self.patch)) for g in grid]
                 picks += [self._normalize(blocks) for blocks in self._read_patches(src, s, region, subs)]
         if not picks:  # nothing held out: validate on fixed training patches (not independent)
             return self._draw(min(n_max, 32), np.random.default_rng(777), augment=False)

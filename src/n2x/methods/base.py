@@ -47,6 +47,13 @@ class Method:
     #: whether the method models Poisson-Gaussian noise itself, as a variance that grows with the signal, when the api
     #: sets ``params["noise_model"] = "photon"`` (``vst="auto"`` then leaves the data raw: see n2x.api._auto)
     photon_noise: ClassVar[bool] = False
+    #: whether the network's output at a pixel never sees that pixel's value (a blind spot of one pixel and noise
+    #: independent between pixels): training then holds pixels out of the loss for validation instead of a stripe
+    #: of the image (:mod:`n2x.data.holdout`), and :meth:`loss` gets their mask as the last array of a batch
+    validates_on_held_out_pixels: ClassVar[bool] = False
+    #: whether a run whose held-out loss stops improving goes back to its best weights and anneals from there
+    #: (:class:`n2x.training.RewindAnneal`), instead of training on past them
+    rewinds_when_memorising: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.params = dict(params)
