@@ -10,7 +10,7 @@ from n2x.data.samples import clean_cells
 from n2x.errors import OptionError
 
 SIGMA = 25 / 255
-INDEPENDENT = "n2v"  # for planes; volumes get the all-pixel blind-spot method (api/_auto.py)
+INDEPENDENT = "bsn"  # the all-pixel blind-spot method, for planes and volumes (api/_auto.py)
 
 
 def _box3(white):
@@ -31,19 +31,19 @@ def noisy():
             "CORR": (clean + SIGMA * _box3(white)).astype(np.float32)}
 
 
-@pytest.mark.parametrize("kind,method,vst", [("G25", INDEPENDENT, False), ("PG", INDEPENDENT, True),
-                                             ("CORR", "apbsn", False)])
-def test_auto_picks_the_method_for_the_noise(noisy, kind, method, vst):
+@pytest.mark.parametrize("kind,method,photon", [("G25", INDEPENDENT, False), ("PG", INDEPENDENT, True),
+                                                ("CORR", "apbsn", False)])
+def test_auto_picks_the_method_for_the_noise(noisy, kind, method, photon):
     choice = api.choose_method(noisy[kind], "YX")
     assert choice.name == method and choice.automatic
     assert choice.reason.startswith("auto: ") and "\n" not in choice.reason
-    assert ("Anscombe" in choice.reason) == vst
+    assert ("photon noise in its posterior" in choice.reason) == photon and "Anscombe" not in choice.reason
     assert ("correlated over" in choice.reason) == (kind == "CORR")
 
 
 def test_auto_picks_the_all_pixel_blind_spot_method_for_volumes():
     """A Z stack with white noise trains in 3D by default: auto picks bsn (about 20 times N2V's steps per second in
-    3D, api/_auto.py); the same stack trained as planes (dims 2) gets the planes' method."""
+    3D, api/_auto.py); the same stack trained as planes (dims 2) gets it too, in 2D."""
     skimage = pytest.importorskip("skimage")
     clean = skimage.data.camera()[128:384, 128:384].astype(np.float32) / 255
     stack = np.stack([clean[z:z + 192, :192] for z in range(0, 16, 2)])
@@ -51,7 +51,8 @@ def test_auto_picks_the_all_pixel_blind_spot_method_for_volumes():
     choice = api.choose_method(volume, "ZYX")
     assert choice.name == "bsn" and choice.reason.endswith("(3D)"), choice.reason
     assert api.probe_noise(volume, "ZYX").recommended == "bsn"
-    assert api.choose_method(volume, "ZYX", dims=2).name == INDEPENDENT
+    planes = api.choose_method(volume, "ZYX", dims=2)
+    assert planes.name == INDEPENDENT and not planes.reason.endswith("(3D)"), planes.reason
     assert api.choose_method(volume[0], "YX").name == INDEPENDENT
 
 
@@ -74,16 +75,21 @@ def _small(image):
 
 
 def test_auto_training_records_the_choice_and_the_transform(noisy, tmp_path):
+    """auto on photon noise: bsn, which models it in its posterior (no transform); N2V under ``vst="auto"`` gets the
+    transform, which the model file records and denoising inverts."""
     pg = _small(noisy["PG"])
-    model = api.train(pg, "YX", "auto", steps=2, patch_size=32, batch_size=4, seed=0)
-    assert model.method_name == INDEPENDENT
-    assert model.config["method_choice"]["requested"] == "auto"
+    auto = api.train(pg, "YX", "auto", steps=2, patch_size=32, batch_size=4, seed=0)
+    assert auto.method_name == INDEPENDENT and auto.config["method"]["noise_model"] == "photon"
+    assert auto.config["method_choice"]["requested"] == "auto"
+    assert auto.config["noise"]["kind"] == "poisson-gaussian" and not auto.config["noise"]["vst"]
+    model = api.train(pg, "YX", "n2v", steps=2, patch_size=32, batch_size=4, seed=0)
     assert model.config["noise"]["kind"] == "poisson-gaussian" and model.config["noise"]["vst"]
     (gat,) = model.config["normalization"]["vst"]
     assert gat["kind"] == "generalized-anscombe" and gat["gain"] == pytest.approx(0.05, rel=0.3)
     path = api.save_model(model, tmp_path / "m.n2x")
     loaded = api.load_model(path, device="cpu")
     assert loaded.normalization.vst is not None and loaded.config["method_choice"] == model.config["method_choice"]
+    assert api.load_model(api.save_model(auto, tmp_path / "a.n2x")).config["method_choice"]["requested"] == "auto"
     out = api.denoise(loaded, pg)
     assert out.shape == pg.shape and np.isfinite(out).all()
     # The transform is inverted: the result is in the input's units, not the stabilised ones
@@ -107,7 +113,7 @@ def test_vst_setting(noisy):
 
 def test_cli_train_auto_says_why(noisy, tmp_path, capsys):
     """``n2x train`` (in this process: the command's own code, without a second torch import) prints the reason as
-    its first line; ``n2x info`` shows the choice and the transform; a flag of another method than the one auto
+    its first line; ``n2x info`` shows the choice and its noise model; a flag of another method than the one auto
     chose is refused, naming the choice."""
     from n2x.cli import main
 
@@ -116,11 +122,11 @@ def test_cli_train_auto_says_why(noisy, tmp_path, capsys):
     model_path = str(tmp_path / "m.n2x")
     assert main(["train", str(img), "-o", model_path, "--steps", "2", "--patch", "32", "--batch", "4"]) == 0
     reason = capsys.readouterr().out.splitlines()[0]
-    assert reason.startswith(f"auto: {api.method_info(INDEPENDENT).label} (with the Anscombe transform), because")
+    assert reason.startswith(f"auto: {api.method_info(INDEPENDENT).label} (photon noise in its posterior), because")
     assert main(["info", str(tmp_path / "m.n2x")]) == 0
     info = capsys.readouterr().out
-    assert '"requested": "auto"' in info and '"generalized-anscombe"' in info
-    assert main(["train", str(img), "-o", str(tmp_path / "x.n2x"), "--steps", "1", "--z-context", "1"]) == 2
+    assert '"requested": "auto"' in info and '"noise_model": "photon"' in info
+    assert main(["train", str(img), "-o", str(tmp_path / "x.n2x"), "--steps", "1", "--mask-fraction", "0.05"]) == 2
     assert "--method auto (which chose" in capsys.readouterr().err
 
 
@@ -149,10 +155,10 @@ def test_train_widget_auto_says_why(qtbot, make_napari_viewer, noisy):
     finally:
         notification_manager.notification_ready.disconnect(got.append)
     reasons = [str(n.message) for n in got if "auto: " in str(n.message)]
-    assert reasons and "Anscombe" in reasons[0]
+    assert reasons and "photon noise in its posterior" in reasons[0]
     assert widget.model.config["method_choice"]["requested"] == "auto"
     line = verdict(api.probe_noise(noisy["PG"], "YX"))
-    assert "Poisson-Gaussian (gain 0.0" in line and "fit R²" in line and "Anscombe" in line
+    assert "Poisson-Gaussian (gain 0.0" in line and "fit R²" in line and "photon noise in its posterior" in line
 
 
 def test_vst_auto_leaves_photon_noise_to_a_method_that_models_it():

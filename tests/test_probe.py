@@ -10,7 +10,7 @@ from n2x.data.samples import clean_cells
 
 SIGMA = 25 / 255
 #: what the probe recommends for pixel-independent noise: what ``method="auto"`` trains
-INDEPENDENT = "n2v"  # what auto picks for pixel-independent noise (n2x/api/_auto.py)
+INDEPENDENT = "bsn"  # what auto picks for pixel-independent noise (n2x/api/_auto.py)
 
 
 def _box3(white):

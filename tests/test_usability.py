@@ -119,8 +119,8 @@ def test_preview_shows_the_input_until_the_first_validation(qtbot, make_napari_v
     widget.stop()
     _wait_idle(qtbot, widget)
     assert preview not in viewer.layers  # nothing supersedes it, so it is removed
-    # the widget's default method is auto, which picks N2V for this white noise
-    assert re.fullmatch(r"Noise2Void \(N2V\) \d\d:\d\d:\d\d · cells", models.latest().name), models.latest().name
+    # the widget's default method is auto, which picks the all-pixel blind-spot method for this white noise
+    assert re.fullmatch(r"Blind-spot, all pixels \d\d:\d\d:\d\d · cells", models.latest().name), models.latest().name
     assert models.latest().tag == models.latest().name.split(" · ")[0]
 
 
@@ -157,7 +157,7 @@ def test_noise_check_shows_a_one_line_verdict_and_figures_on_demand(qtbot, make_
     widget.noise.check()
     qtbot.waitUntil(lambda: widget.noise.report is not None, timeout=TIMEOUT)
     text = widget.noise.label.text()
-    assert "\n" not in text and "N2V" in text and "σ" in text
+    assert "\n" not in text and "Blind-spot, all pixels" in text and "σ" in text
     assert widget.noise.details.isHidden()
     widget.noise.figures_btn.click()
     assert not widget.noise.details.isHidden() and "lag" in widget.noise.details.text()

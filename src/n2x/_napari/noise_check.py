@@ -146,5 +146,7 @@ def verdict(report: Any) -> str:
     if rec == "apbsn":
         return f"{level}, correlated over {length} px: AP-BSN fits (stride {report.stride})"
     name = api.method_info(rec).label if rec in api.method_names() else "N2V / N2V2"
-    vst = " with the Anscombe transform" if "Anscombe" in api.choose_method(None, None, report=report).reason else ""
+    reason = api.choose_method(None, None, report=report).reason
+    vst = (" with the Anscombe transform" if "Anscombe" in reason
+           else " (photon noise in its posterior)" if "photon noise" in reason else "")
     return f"{level}, independent from pixel to pixel: {name}{vst} fits"

@@ -5,8 +5,8 @@ The rule (:func:`choose_method`):
 - a partner was given (N2N's ``target`` or ``pairs``): ``n2n``, which learns from two independent noisy views;
 - the noise is spatially correlated (the probe's correlation length is above 0): ``apbsn``, whose blind box or
   pixel-shuffle stride covers the correlation;
-- otherwise (pixel-independent Gaussian or Poisson-Gaussian noise): ``n2v`` for planes, ``bsn`` (the all-pixel
-  blind-spot method) for volumes (:data:`INDEPENDENT_METHODS` says why).
+- otherwise (pixel-independent Gaussian or Poisson-Gaussian noise): ``bsn``, the all-pixel blind-spot method, for
+  planes and volumes (:data:`INDEPENDENT_METHODS` says why).
 
 ``vst="auto"`` turns the generalised Anscombe transform on when the probe finds Poisson-Gaussian noise whose
 variance at least :data:`VST_MIN_SPREAD`-folds between the darker and the brighter regions (below, the transform
@@ -36,14 +36,14 @@ from ..methods import method_info, method_names
 from ..noise import GeneralizedAnscombe, PoissonGaussianNoise
 from ._options import AUTO_METHOD, VST_CHOICES
 
-#: the method ``auto`` picks for pixel-independent noise, by the training's dimensionality. Volumes: the all-pixel
-#: blind-spot method ``bsn``: at the 180 s protocol on the dev volume it made 1277-1451 steps where N2V's 3D U-Net
-#: made 61-62, and beat N2V by 3.7 dB (PG, photon noise in its posterior) and 3.6 dB (G25), and BM4D given the
-#: true sigma by 7.2 and 1.1 dB. Its inference takes about 6 times N2V's on a CPU (its default ensemble of 2).
-#: Planes: N2V. There ``bsn`` reached BM3D on camera and coins (G25 and PG, 0.3-1.5 dB above N2V) and beat both
-#: on cell/G15 (+3.4 dB over N2V), but it stays under N2V on moon (0.5-0.6 dB) and is level with it on a 102 x 102
-#: image; a default must hold on every kind of image (docs/methods.md).
-INDEPENDENT_METHODS = {2: "n2v", 3: "bsn"}
+#: the method ``auto`` picks for pixel-independent noise, by the training's dimensionality: the all-pixel blind-spot
+#: method ``bsn`` for both (180 s protocol, docs/methods.md). Volumes: on the dev volume it made 1277-1451 steps
+#: where N2V's 3D U-Net made 61-62, and beat N2V by 3.7 dB (PG, photon noise in its posterior) and 3.6 dB (G25), and
+#: BM4D given the true sigma by 7.2 and 1.1 dB. Planes: above N2V on 8 of 11 images and noises (camera, coins:
+#: G25 +1.3 and +1.5 dB, PG +0.7 and +0.3; cell/G15 +3.4; the 102 x 102 microaneurysms/G25 +0.2; the camera
+#: 100 x 100 crop, G25 +0.3 to +1.0 and PG +1.1, since small images hold pixels out instead of a stripe), under it
+#: on moon (G25 -0.2 to -0.6, PG -1.0) and on cell at 5 photons (-0.4). Its inference takes about 6 times N2V's.
+INDEPENDENT_METHODS = {2: "bsn", 3: "bsn"}
 #: at most this many samples (planes or volumes) of each image are read to fit a transformed normalisation
 _NORM_SAMPLES = 4
 #: ``vst="auto"`` needs the fitted variance to grow by this factor from the 10th to the 90th percentile of the
