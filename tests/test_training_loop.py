@@ -86,4 +86,4 @@ def test_a_memorising_run_rewinds_to_its_best_weights_and_anneals_from_there():
     assert history["steps"] < 2000 and history["steps"] <= history["rewound_at"] + max(history["rewound_to"], 50)
     lrs = history["lr"][history["rewound_at"]:]
     assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.1 * lrs[0], "annealed from the best"
-    assert abs(float(net.w) - 3.0) < 1.0, "the weights kept are the held-out loss's best, not the memorised ones"
+    assert abs(float(net.w.detach()) - 3.0) < 1.0, "the weights kept are the held-out loss's best, not the memorised ones"
