@@ -67,12 +67,16 @@ def _fold(x: torch.Tensor, fold: bool) -> torch.Tensor:
 WARMUP = 0.03
 
 
+def cosine_decay(f: float, floor: float) -> float:
+    """The factor of a cosine decay from 1 at ``f`` 0 to ``floor`` at ``f`` 1 (and after)."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, f)))
+
+
 def lr_at(fraction: float, lr: float, warmup: float = WARMUP, floor: float = 0.01) -> float:
     """Warm-up then cosine decay to ``floor * lr`` at ``fraction`` 1."""
     if fraction < warmup:
         return lr * max(fraction / warmup, 0.05)
-    f = min(1.0, (fraction - warmup) / (1 - warmup))
-    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * f)))
+    return lr * cosine_decay((fraction - warmup) / (1 - warmup), floor)
 
 
 #: the first step-counted validation, and the factor between the next ones (:class:`ValidationSchedule`)
@@ -143,8 +147,7 @@ class RewindAnneal:
         self.start, self.length, self.lr0 = step, max(int(length), MIN_ANNEAL_STEPS), lr0
 
     def lr(self, step: int) -> float:
-        f = min(1.0, (step - self.start) / self.length)
-        return self.lr0 * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * f)))
+        return self.lr0 * cosine_decay((step - self.start) / self.length, self.floor)
 
     def finished(self, step: int) -> bool:
         return self.start is not None and step - self.start >= self.length
