@@ -69,7 +69,8 @@ class NoiseReport:
         return lines
 
     def summary(self) -> str:
-        """A few lines for people; the last is ``recommended method: bsn`` (through the api) or ``... apbsn (stride N)``."""
+        """A few lines for people; the last is ``recommended method: bsn`` (through the api) or ``... apbsn (stride
+        N)``."""
         lags = sorted(self.correlation.get("X", {}))
         lines = [*self.model_lines(),
                  f"noise sigma: {self.sigma:.4g} (input units, from {self.n_blocks} flat 8x8 blocks)",
