@@ -41,8 +41,9 @@ from ._options import AUTO_METHOD, VST_CHOICES
 #: where N2V's 3D U-Net made 61-62, and beat N2V by 3.7 dB (PG, photon noise in its posterior) and 3.6 dB (G25), and
 #: BM4D given the true sigma by 7.2 and 1.1 dB. Planes: above N2V on 8 of 11 images and noises (camera, coins:
 #: G25 +1.3 and +1.5 dB, PG +0.7 and +0.3; cell/G15 +3.4; the 102 x 102 microaneurysms/G25 +0.2; the camera
-#: 100 x 100 crop, G25 +0.3 to +1.0 and PG +1.1, since small images hold pixels out instead of a stripe), under it
-#: on moon (G25 -0.2 to -0.6, PG -1.0) and on cell at 5 photons (-0.4). Its inference takes about 6 times N2V's.
+#: 100 x 100 crop, G25 +0.3 to +1.0 and PG +1.1, since small images hold pixels out instead of a stripe), level
+#: on moon/G25, under it on moon/PG (-0.6 to -0.8) and on cell at 5 photons (-0.4). Its inference takes about 6
+#: times N2V's.
 INDEPENDENT_METHODS = {2: "bsn", 3: "bsn"}
 #: at most this many samples (planes or volumes) of each image are read to fit a transformed normalisation
 _NORM_SAMPLES = 4
