@@ -12,6 +12,7 @@ patch.
 """
 from __future__ import annotations
 
+from math import prod
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,8 @@ from .patches import Source
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+#: pixels hashed at a time (:func:`held_out_pixels`)
+_SLAB_PIXELS = 2 ** 20
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:
@@ -33,17 +36,24 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
 def held_out_pixels(sample: int, region: Sequence[slice], channels: int, fraction: float) -> np.ndarray:
     """``(channels, *region shape)`` float32: 1 at the pixels held out from the loss, 0 elsewhere; about
     ``fraction`` of them, chosen per sample, channel and absolute pixel position (``region``: slices with start and
-    stop, in pixels along the spatial axes)."""
-    coords = np.meshgrid(*[np.arange(r.start, r.stop, dtype=np.uint64) for r in region], indexing="ij")
+    stop, in pixels along the spatial axes). Computed in slabs along the first axis, so a large region costs a few
+    megabytes of work space, not several 64-bit copies of itself."""
+    shape = tuple(r.stop - r.start for r in region)
+    out = np.empty((channels,) + shape, np.float32)
     threshold = np.uint64(min(max(fraction, 0.0), 1.0) * 2.0 ** 53)
-    masks = []
+    rows = max(1, _SLAB_PIXELS // max(1, prod(shape[1:])))
     with np.errstate(over="ignore"):
         for c in range(channels):
-            h = _splitmix64(np.full(coords[0].shape, np.uint64(sample) * np.uint64(1 << 16) + np.uint64(c)))
-            for axis in coords:
-                h = _splitmix64(h ^ axis)
-            masks.append((h >> np.uint64(11)) < threshold)
-    return np.stack(masks).astype(np.float32)
+            key = _splitmix64(np.uint64(sample) * np.uint64(1 << 16) + np.uint64(c))
+            for lo in range(0, shape[0], rows):
+                hi = min(shape[0], lo + rows)
+                slab = (slice(region[0].start + lo, region[0].start + hi),) + tuple(region[1:])
+                h = key
+                for d, r in enumerate(slab):  # each axis's coordinates, shaped to broadcast over the slab
+                    axis = np.arange(r.start, r.stop, dtype=np.uint64).reshape((-1,) + (1,) * (len(slab) - 1 - d))
+                    h = _splitmix64(h ^ axis)
+                out[c, lo:hi] = (h >> np.uint64(11)) < threshold
+    return out
 
 
 def with_held_out_pixels(source: Source, fraction: float) -> Source:
