@@ -63,8 +63,9 @@ def _fold(x: torch.Tensor, fold: bool) -> torch.Tensor:
     return x.contiguous(memory_format=memory_format(x.ndim - 2))
 
 
-#: the share of the planned length the learning rate warms up over (:func:`lr_at`)
-WARMUP = 0.03
+#: the share of the planned length the learning rate warms up over, and the share of it left at the end
+#: (:func:`lr_at`; :class:`RewindAnneal` ends at the same floor)
+WARMUP, LR_FLOOR = 0.03, 0.01
 
 
 def cosine_decay(f: float, floor: float) -> float:
@@ -72,7 +73,7 @@ def cosine_decay(f: float, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, f)))
 
 
-def lr_at(fraction: float, lr: float, warmup: float = WARMUP, floor: float = 0.01) -> float:
+def lr_at(fraction: float, lr: float, warmup: float = WARMUP, floor: float = LR_FLOOR) -> float:
     """Warm-up then cosine decay to ``floor * lr`` at ``fraction`` 1."""
     if fraction < warmup:
         return lr * max(fraction / warmup, 0.05)
@@ -132,7 +133,7 @@ class RewindAnneal:
     100 x 100 crop (G25) kept step 437 of 10809 at 26.21 dB in 180 s; trained to 600 steps it ended at 26.55.
     """
 
-    def __init__(self, floor: float = 0.01):
+    def __init__(self, floor: float = LR_FLOOR):
         self.floor = floor
         self.start: int | None = None
         self.length = 0
