@@ -20,6 +20,7 @@ from .methods import method_from_config
 from .methods.base import Method
 from .nets import memory_format, optimize_for_inference
 from .nets.dihedral import TRANSFORMS, dihedral_mean
+from .nets.ensemble import member_config
 
 
 class Model:
@@ -154,7 +155,8 @@ class Model:
         core = self._core(layout, tile)
         # One large tile at a time on a CPU (cache-friendly); a GPU wants a few.
         budget = 4e8 if self._device.type == "cpu" else 2e9
-        bs = batch_size or tiles_per_batch(core, self.halo, 1, self.config["network"].get("features", 32), budget)
+        features = member_config(self.config["network"]).get("features", 32)  # an ensemble's members run in turn
+        bs = batch_size or tiles_per_batch(core, self.halo, 1, features, budget)
         # NaN marks samples not reached when ``should_stop`` ends the run early.
         out = np.full((layout.n_samples, layout.n_channels) + layout.spatial_shape, np.nan, np.float32)
         for s in range(layout.n_samples):

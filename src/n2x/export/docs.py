@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..nets.ensemble import member_config
+
 #: licence of an exported package unless the caller gives another (an SPDX identifier)
 DEFAULT_LICENSE = "CC-BY-4.0"
 #: author of an exported package unless the caller names them
@@ -49,7 +51,8 @@ def citations(model: Any) -> list[tuple[str, str]]:
 def describe_method(model: Any) -> str:
     """One paragraph: the method and the design settings the package reproduces."""
     name, p = model.method_name, model.method.params
-    net = model.config["network"]
+    net = member_config(model.config["network"])
+    count = model.config["network"].get("count", 1) if model.config["network"].get("name") == "ensemble" else 1
     if name in ("n2v", "n2v2"):
         what = (f"{'N2V2' if name == 'n2v2' else 'Noise2Void'}: a blind-spot trained U-Net (depth "
                 f"{net.get('depth')}, {net.get('features')} features"
@@ -65,7 +68,8 @@ def describe_method(model: Any) -> str:
                 + (f", {net.get('z_context')} planes of context on each side" if net.get("z_context") else "")
                 + ") predicts a prior mean and variance; the noisy pixel is weighed in by the Gaussian posterior "
                 f"mean (noise standard deviation {p.get('noise_sigma')}, normalised units), averaged over "
-                f"{p.get('ensemble')} flips/rotations.")
+                f"{p.get('ensemble')} flips/rotations"
+                + (f", and over {count} such networks trained with different seeds." if count > 1 else "."))
     else:
         design = getattr(model.method, "design", "pd")
         if design == "box":

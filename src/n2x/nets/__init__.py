@@ -18,7 +18,7 @@ def register_network(name: str) -> Callable:
 def build_network(name: str, **kwargs: Any) -> nn.Module:
     """Instantiate network ``name`` with ``kwargs`` (the ``network`` section of a model config)."""
     from . import unet  # noqa: F401  (registers)
-    from . import blindbox, blindspot, shifted_bsn, shifted_unet  # noqa: F401
+    from . import blindbox, blindspot, ensemble, shifted_bsn, shifted_unet  # noqa: F401
     if name not in NETWORKS:
         raise KeyError(f"unknown network {name!r}; known: {sorted(NETWORKS)}")
     return NETWORKS[name](**kwargs)
