@@ -21,11 +21,13 @@ from ..durations import parse_duration
 from ..errors import InputError, N2xError, N2xWarning, OptionError
 from ..methods import get_method, method_info
 from ..model import Model
+from ..nets.ensemble import NetworkEnsemble
 from ..options import parse_options
 from ..training import TrainProgress, fit, import_optimiser_support
 
 from ._auto import (MethodChoice, choose_method, fit_vst_normalization, noise_config, photon_noise_wanted,
                     probe_quietly, resolve_vst)
+from ._members import fit_members
 from ._options import (DEFAULT_BATCH, DEFAULT_PATCH, DEFAULT_SECONDS, LEARNING_RATE,  # noqa: F401
                        MAX_DEFAULT_BATCH, MAX_MEMORY, PREVIEW_EVERY, TRAIN_OPTIONS, VAL_FRACTION)
 
@@ -171,9 +173,11 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
     flat = sampler.constant_value()
     if flat is not None:
         warnings.warn(CONSTANT_MESSAGE.format(value=flat), N2xWarning, stacklevel=2)
+    noise_sample = None
     if meth.initial_sample_pixels:
         first = sampler.sample(max(1, meth.initial_sample_pixels // int(np.prod(patch))))[0]
-        meth.initialise(net, first.reshape((-1, 1) + first.shape[2:]) if channels == "independent" else first)
+        noise_sample = first.reshape((-1, 1) + first.shape[2:]) if channels == "independent" else first
+        meth.initialise(net, noise_sample)
     if steps is None and time is None and epochs is None:
         time = DEFAULT_SECONDS
     if epochs is not None:  # steps and epochs were checked positive by their declared ranges
@@ -216,10 +220,23 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
             "data_shapes": [list(lay.shape) for lay in layouts], "val_independent": sampler.val_independent,
         },
     }
-    steps_gen = fit(meth, net, sampler, device=dev, steps=steps, seconds=seconds, batch_size=batch_size,
-                    lr=learning_rate, seed=seed, should_stop=should_stop,
-                    preview=run_preview if preview is not None else None, preview_every=preview_every,
-                    fold_channels=channels == "independent", precision=precision)
+    fit_net = partial(fit, meth, sampler=sampler, device=dev, batch_size=batch_size, lr=learning_rate,
+                      should_stop=should_stop, preview=run_preview if preview is not None else None,
+                      preview_every=preview_every, fold_channels=channels == "independent", precision=precision)
+    steps_gen = fit_net(net, steps=steps, seconds=seconds, seed=seed)
+    if meth.rewinds_when_memorising:
+
+        def train_member(index: int, steps_left: int | None, seconds_left: float | None) -> Generator:
+            if seed is not None:
+                torch.manual_seed(seed + index)
+            member = meth.build_network(net_cfg)
+            if noise_sample is not None:
+                meth.initialise(member, noise_sample)
+            return fit_net(member, steps=steps_left, seconds=seconds_left,
+                           seed=None if seed is None else seed + index)
+
+        steps_gen = fit_members(steps_gen, train_member, member_config=net_cfg, steps=steps, seconds=seconds,
+                                preview=run_preview if preview is not None else None)
     return _finish(steps_gen, meth, config, dev,
                    partial(meth.calibrate, val_patches=sampler.val_patches, scale=norm.scale, device=dev,
                            fold_channels=channels == "independent"))
@@ -259,6 +276,8 @@ def _build_method(name: str, options: dict[str, Any]) -> tuple[Any, dict[str, An
 def _finish(steps_gen: Generator, meth: Any, config: dict, dev: torch.device,
             calibrate: Callable[[torch.nn.Module], None]) -> Generator[TrainProgress, None, Model]:
     trained, history = yield from steps_gen
+    if isinstance(trained, NetworkEnsemble):
+        config["network"] = {"name": "ensemble", "member": config["network"], "count": len(trained.members)}
     calibrate(trained)
     config["method"] = meth.to_config()  # with what calibration added
     config["training"]["steps_done"] = history["steps"]

@@ -306,7 +306,8 @@ class PatchSampler:
         return self._draw(n, self.rng)
 
     def _swap_in_regions(self) -> None:
-        if self._thread is None:
+        if self._thread is None or (self._stop.is_set() and not self._thread.is_alive()):  # first, or after close()
+            self._stop.clear()
             self._reader_seed = int(self.rng.integers(2**63))
             self._thread = threading.Thread(target=self._reader, daemon=True, name="n2x-patch-reader")
             self._thread.start()
@@ -340,7 +341,7 @@ class PatchSampler:
                     continue
 
     def close(self) -> None:
-        """Stop the background reader (if any)."""
+        """Stop the background reader (if any); a later :meth:`batch` starts it again."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

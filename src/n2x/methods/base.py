@@ -52,7 +52,9 @@ class Method:
     #: of the image (:mod:`n2x.data.holdout`), and :meth:`loss` gets their mask as the last array of a batch
     validates_on_held_out_pixels: ClassVar[bool] = False
     #: whether a run whose held-out loss stops improving goes back to its best weights and anneals from there
-    #: (:class:`n2x.training.RewindAnneal`), instead of training on past them
+    #: (:class:`n2x.training.RewindAnneal`), instead of training on past them; the budget such a run leaves trains
+    #: further networks (:mod:`n2x.api._members`), so the method's :meth:`predict` must average the members of a
+    #: :class:`~n2x.nets.ensemble.NetworkEnsemble`
     rewinds_when_memorising: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
