@@ -127,4 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if h.get("rewound_at"):
             print(f"n2x: stopped early: the held-out loss rose after step {h['rewound_to']} (memorising the image), so "
                   f"training went back there at step {h['rewound_at']} and annealed from it")
+        if h.get("members"):
+            n = len(h["members"])
+            print(f"n2x: the budget left trained {n - 1} more network(s) with other seeds; the model averages the "
+                  f"{n} (denoising runs each)")
     return 0
