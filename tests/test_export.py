@@ -14,6 +14,8 @@ import torch
 
 import n2x
 from n2x.errors import N2xError
+from n2x.model import Model
+from n2x.nets.ensemble import NetworkEnsemble
 
 bioimageio_core = pytest.importorskip("bioimageio.core")
 
@@ -33,6 +35,8 @@ CASES = {
     # the same data with vst auto (what method auto trains on photon noise): the noise variance is a line in the
     # prior mean, inside the package
     "bsn-photon": dict(method="bsn", trunk="dilated", ensemble=2, patch_size=32),
+    # two networks whose posterior means are averaged (what a memorising run's leftover budget trains)
+    "bsn-members": dict(method="bsn", trunk="dilated", ensemble=2, patch_size=32, members=2),
 }
 #: the cases trained on the Poisson-Gaussian image
 PHOTON_CASES = ("bsn-dilated-vst", "bsn-photon")
@@ -63,9 +67,17 @@ def _train(label: str, images) -> n2x.Model:
     kw.setdefault("network", {"features": 8})
     if kw["method"] == "n2n":
         kw["target"] = partner[:128, :128]
+    members = kw.pop("members", 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return n2x.train(noisy[:128, :128], "YX", steps=2, batch_size=4, seed=0, device="cpu", **kw)
+        models = [n2x.train(noisy[:128, :128], "YX", steps=2, batch_size=4, seed=s, device="cpu", **kw)
+                  for s in range(members)]
+    if members == 1:
+        return models[0]
+    first = models[0]
+    member = first.config["network"]
+    config = {**first.config, "network": {"name": "ensemble", "member": member, "count": members}}
+    return Model(first.method, NetworkEnsemble.of([m.net for m in models], member), config, first.history)
 
 
 @pytest.mark.parametrize("label", list(CASES))

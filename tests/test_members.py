@@ -1,0 +1,98 @@
+"""A run that memorises leaves budget, which trains further networks; the model averages their predictions
+(n2x.api._members, n2x.nets.ensemble)."""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import n2x
+from n2x.api._members import MAX_MEMBERS, fit_members, wants_another
+from n2x.data.axes import make_layout
+from n2x.data.patches import PatchSampler, single_source
+from n2x.model import Model
+from n2x.nets import build_network, register_network
+from n2x.nets.ensemble import NetworkEnsemble
+from n2x.training import fit
+
+from test_training_loop import _Drifting
+
+
+@register_network("scalar_for_tests")
+class _Scalar(nn.Module):
+    """One weight: what :class:`_Drifting`'s loss trains."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def receptive_radius(self) -> int:
+        return 0
+
+
+def _drive(gen, reports):
+    while True:
+        try:
+            reports.append(next(gen))
+        except StopIteration as stop:
+            return stop.value
+
+
+def test_the_budget_a_memorising_run_leaves_trains_further_members():
+    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    sampler = PatchSampler([single_source(image, make_layout(image.shape, "YX"))], (16, 16), seed=0)
+    fit_net = partial(fit, _Drifting(), sampler=sampler, device=torch.device("cpu"), lr=0.1, batch_size=2)
+    cfg = {"name": "scalar_for_tests"}
+    budget = 6000
+    reports: list = []
+    gen = fit_members(fit_net(build_network(**cfg), steps=budget, seed=0),
+                      lambda i, steps, seconds: fit_net(build_network(**cfg), steps=steps, seconds=seconds, seed=i),
+                      member_config=cfg, steps=budget, seconds=None)
+    net, history = _drive(gen, reports)
+    assert isinstance(net, NetworkEnsemble) and 2 <= len(net.members) <= MAX_MEMBERS
+    members = history["members"]
+    assert len(members) == len(net.members) and all(m["rewound_at"] for m in members), "each member memorised"
+    assert history["steps"] == sum(m["steps"] for m in members) <= budget
+    assert history["steps"] + members[0]["steps"] > budget or len(members) == MAX_MEMBERS, "stopped for a reason"
+    for member in net.members:  # each kept its held-out best (w = 3), not the memorised w = 10
+        assert abs(float(member.w.detach()) - 3.0) < 1.0
+    # One progress over the whole budget: steps count on, the fraction never falls back, one final report
+    steps = [p.step for p in reports]
+    assert all(b >= a for a, b in zip(steps, steps[1:])) and steps[-1] == history["steps"]
+    assert all(p.total_steps == budget for p in reports)
+    fractions = [p.fraction for p in reports]
+    assert all(b >= a for a, b in zip(fractions, fractions[1:]))
+    assert [p.done for p in reports].count(True) == 1 and reports[-1].done
+    assert all(b > a for a, b in zip(history["step"], history["step"][1:])), "the curves join end to end"
+
+
+def test_only_a_run_that_memorised_trains_more():
+    first = {"steps": 500, "train_seconds": 30.0, "rewound_at": 400}
+    assert wants_another([first], None, 150.0) and wants_another([first], 600, None)
+    assert not wants_another([first], None, 29.0), "the next member would get less than the first took"
+    assert not wants_another([{**first, "rewound_at": None}], None, 150.0), "a run that did not memorise"
+    assert not wants_another([first, {**first, "stopped": True}], None, 150.0), "the user stopped it"
+    assert not wants_another([first] * MAX_MEMBERS, None, 1e6)
+
+
+def test_an_ensemble_model_averages_its_members_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    noisy = (0.5 + 0.1 * rng.normal(size=(48, 56))).astype(np.float32)
+    singles = [n2x.train(noisy, "YX", "bsn", steps=3, seed=s, device="cpu", trunk="dilated", ensemble=2,
+                         network={"features": 8}) for s in (0, 1)]
+    a, b = singles
+    config = {**a.config, "network": {"name": "ensemble", "member": a.config["network"], "count": 2}}
+    ens = Model(a.method, NetworkEnsemble.of([a.net, b.net], a.config["network"]), config, a.history)
+    # the same normalisation for both: the members were trained on the same image
+    assert a.config["normalization"] == b.config["normalization"]
+    got = ens.predict(noisy, "YX")
+    want = (a.predict(noisy, "YX") + b.predict(noisy, "YX")) / 2
+    assert np.abs(got - want).max() < 1e-5
+    assert np.abs(got - a.predict(noisy, "YX")).max() > 1e-4, "the second member counts"
+    path = n2x.save_model(ens, tmp_path / "ens.n2x")
+    back = n2x.load_model(path)
+    assert back.config["network"]["count"] == 2
+    assert np.abs(back.predict(noisy, "YX") - got).max() < 1e-6
+    with pytest.raises(TypeError, match="members"):
+        ens.net(torch.zeros(1, 1, 8, 8))
