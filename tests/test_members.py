@@ -64,6 +64,10 @@ def test_the_budget_a_memorising_run_leaves_trains_further_members():
     fractions = [p.fraction for p in reports]
     assert all(b >= a for a, b in zip(fractions, fractions[1:]))
     assert [p.done for p in reports].count(True) == 1 and reports[-1].done
+    networks = [p.network for p in reports]
+    assert networks[0] == 1 and networks[-1] == len(members) and sorted(networks) == networks
+    epochs = [p.epoch for p in reports]
+    assert all(b >= a for a, b in zip(epochs, epochs[1:])), "epochs count on too"
     assert all(b > a for a, b in zip(history["step"], history["step"][1:])), "the curves join end to end"
 
 

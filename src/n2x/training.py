@@ -56,6 +56,9 @@ class TrainProgress:
     done: bool = False
     stopped: bool = False
     history: dict = field(default_factory=dict, repr=False)
+    #: which network of the run is training: 1, or more where a memorising run's budget trains others
+    #: (:mod:`n2x.api._members`)
+    network: int = 1
 
 
 def _fold(x: torch.Tensor, fold: bool) -> torch.Tensor:

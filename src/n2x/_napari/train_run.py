@@ -62,8 +62,9 @@ class TrainRun:
             remaining = f" · ~{fmt_seconds(eta)} left"
         self.progress.setFormat(f"{100 * p.fraction:.0f} %{remaining}")
         best = f" (best {p.best_val_loss:.4g})" if p.best_val_loss is not None else ""
-        self.status.setText(f"step {p.step} · epoch {p.epoch:.1f} · {fmt_seconds(p.elapsed)} · loss {p.loss:.4g}"
-                            f"{best} · {p.patches_per_second:.0f} patches/s")
+        network = f"network {p.network} · " if p.network > 1 else ""  # a memorising run's budget trains more
+        self.status.setText(f"{network}step {p.step} · epoch {p.epoch:.1f} · {fmt_seconds(p.elapsed)} · "
+                            f"loss {p.loss:.4g}{best} · {p.patches_per_second:.0f} patches/s")
         if p.preview is not None and index is not None and self._region is not None:
             raw = self._region.read_at(index)
             # Not validated yet, or an output still nearly flat (a few steps in, on a slow CPU): the input itself,

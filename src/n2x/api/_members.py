@@ -41,8 +41,8 @@ def fit_members(first: Generator[TrainProgress, None, tuple[nn.Module, dict]], t
     histories: list[dict] = []
     gen, done_steps = first, 0
     while True:
-        (net, hist), last = yield from _reported_over_budget(gen, done_steps, time.perf_counter() - t0, steps,
-                                                             seconds)
+        (net, hist), last = yield from _reported_over_budget(gen, len(nets) + 1, done_steps,
+                                                             time.perf_counter() - t0, steps, seconds)
         nets.append(net)
         histories.append(hist)
         done_steps += hist["steps"]
@@ -100,20 +100,23 @@ def merge_histories(histories: list[dict], seconds: float) -> dict:
     return merged
 
 
-def _reported_over_budget(gen: Generator, steps_before: int, seconds_before: float, steps: int | None,
-                          seconds: float | None) -> Generator[TrainProgress, None, tuple[tuple, TrainProgress]]:
-    """Pass on ``gen``'s progress with steps, time and fraction counted over the whole budget, except its final
-    report (``done``), which is returned with ``gen``'s value: whether training ends there is decided after."""
+def _reported_over_budget(gen: Generator, network: int, steps_before: int, seconds_before: float,
+                          steps: int | None, seconds: float | None
+                          ) -> Generator[TrainProgress, None, tuple[tuple, TrainProgress]]:
+    """Pass on the progress of ``gen`` (training network number ``network``) with steps, epochs, time and fraction
+    counted over the whole budget, except its final report (``done``), which is returned with ``gen``'s value:
+    whether training ends there is decided after."""
     last = None
     while True:
         try:
             p = next(gen)
         except StopIteration as stop:
             return stop.value, last
-        if steps_before or seconds_before:
-            step, elapsed = p.step + steps_before, p.elapsed + seconds_before
-            fraction = step / steps if steps is not None else min(1.0, elapsed / seconds) if seconds else p.fraction
-            p = dataclasses.replace(p, step=step, elapsed=elapsed, fraction=fraction, total_steps=steps)
+        step, elapsed = p.step + steps_before, p.elapsed + seconds_before
+        fraction = step / steps if steps is not None else min(1.0, elapsed / seconds) if seconds else p.fraction
+        epoch = p.epoch * step / p.step if p.step else p.epoch  # an epoch is a fixed number of steps
+        p = dataclasses.replace(p, step=step, epoch=epoch, elapsed=elapsed, fraction=fraction, total_steps=steps,
+                                network=network)
         if p.done:
             last = p
         else:

@@ -105,7 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def show(pr: Any) -> None:
         bar.n = pr.step if steps is not None else min(total, pr.fraction * total)
-        post = {"step": pr.step, "loss": f"{pr.loss:.4f}"}
+        post = {"net": pr.network} if pr.network > 1 else {}  # a memorising run's budget trains more networks
+        post.update(step=pr.step, loss=f"{pr.loss:.4f}")
         if pr.best_val_loss is not None:
             post["val"] = f"{pr.best_val_loss:.4f}"
         bar.set_postfix(post, refresh=False)
