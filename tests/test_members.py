@@ -71,6 +71,24 @@ def test_the_budget_a_memorising_run_leaves_trains_further_members():
     assert all(b > a for a, b in zip(history["step"], history["step"][1:])), "the curves join end to end"
 
 
+def test_a_network_the_user_stopped_part_way_is_left_out():
+    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    sampler = PatchSampler([single_source(image, make_layout(image.shape, "YX"))], (16, 16), seed=0)
+    fit_net = partial(fit, _Drifting(), sampler=sampler, device=torch.device("cpu"), lr=0.1, batch_size=2)
+    cfg = {"name": "scalar_for_tests"}
+    calls = iter(range(10 ** 6))
+    # the user presses stop 30 steps into the second network
+    gen = fit_members(fit_net(build_network(**cfg), steps=6000, seed=0),
+                      lambda i, steps, seconds: fit_net(build_network(**cfg), steps=steps, seconds=seconds, seed=i,
+                                                        should_stop=lambda: next(calls) >= 30),
+                      member_config=cfg, steps=6000, seconds=None)
+    reports: list = []
+    net, history = _drive(gen, reports)
+    assert not isinstance(net, NetworkEnsemble), "the first network alone: the second was stopped part-way"
+    assert abs(float(net.w.detach()) - 3.0) < 1.0
+    assert history["stopped"] and reports[-1].stopped and reports[-1].done
+
+
 def test_only_a_run_that_memorised_trains_more():
     first = {"steps": 500, "train_seconds": 30.0, "rewound_at": 400}
     assert wants_another([first], None, 150.0) and wants_another([first], 600, None)

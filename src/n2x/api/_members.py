@@ -35,7 +35,8 @@ def fit_members(first: Generator[TrainProgress, None, tuple[nn.Module, dict]], t
     member through ``train_member`` with what is left of ``steps`` or ``seconds``. Progress is reported over the
     whole budget (steps and seconds counted from the first member's start); returns ``(net, history)``: the single
     network and its history, or a :class:`NetworkEnsemble` of ``member_config`` networks and the merged history
-    (:func:`merge_histories`)."""
+    (:func:`merge_histories`). A later member that the user stopped part-way is left out (``history["stopped"]``
+    says the user stopped)."""
     t0 = time.perf_counter()
     nets: list[nn.Module] = []
     histories: list[dict] = []
@@ -51,12 +52,17 @@ def fit_members(first: Generator[TrainProgress, None, tuple[nn.Module, dict]], t
         if not wants_another(histories, steps_left, seconds_left):
             break
         gen = train_member(len(nets), steps_left, seconds_left)
+    stopped = bool(histories[-1].get("stopped"))
+    if stopped and len(nets) > 1:  # stopped by the user part-way: a half-trained network would pull the mean down
+        nets.pop()
+        histories.pop()
     if len(nets) == 1:
-        yield last
-        return nets[0], histories[0]
+        yield dataclasses.replace(last, stopped=stopped)
+        return nets[0], {**histories[0], "stopped": stopped}
     ensemble = NetworkEnsemble.of(nets, member_config).eval()
     history = merge_histories(histories, time.perf_counter() - t0)
-    yield dataclasses.replace(last, best_val_loss=history["best_val_loss"], fraction=1.0,
+    history["stopped"] = stopped
+    yield dataclasses.replace(last, best_val_loss=history["best_val_loss"], fraction=1.0, stopped=stopped,
                               preview=preview(ensemble) if preview is not None else None, history=history)
     return ensemble, history
 
@@ -94,7 +100,7 @@ def merge_histories(histories: list[dict], seconds: float) -> dict:
         precision=first.get("precision"), members=summary, steps=steps, best_step=first["best_step"],
         best_val_loss=float(np.mean(bests)) if bests else None, rewound_at=first.get("rewound_at"),
         rewound_to=first.get("rewound_to"), train_seconds=round(seconds, 3),
-        step_seconds=round(sum(h["step_seconds"] for h in histories), 3), stopped=False,
+        step_seconds=round(sum(h["step_seconds"] for h in histories), 3),
         clipped_steps=sum(h.get("clipped_steps", 0) for h in histories),
         patches_per_second=float(np.mean([h["patches_per_second"] for h in histories])))
     return merged
