@@ -1,4 +1,6 @@
 """Noise2Void and N2V2 denoise known synthetic data; the building blocks do what they say."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -144,6 +146,14 @@ def test_lazy_training_memory_is_bounded(cells2d):
         for _ in range(20):
             assert sampler.batch(8)[0].shape == (8, 1, 32, 32)
         assert max(largest_read) <= 128 * 128 * 4  # one region at a time, never the array
+        # one network's training closes the sampler; the next network's batches start the reader again
+        sampler.close()
+        reads = len(largest_read)
+        deadline = time.monotonic() + 10
+        while len(largest_read) == reads and time.monotonic() < deadline:
+            assert sampler.batch(8)[0].shape == (8, 1, 32, 32)
+            time.sleep(0.01)
+        assert len(largest_read) > reads and sampler._thread.is_alive()
     finally:
         sampler.close()
     # and the public entry point trains from the lazy array
