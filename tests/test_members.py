@@ -98,23 +98,24 @@ def test_only_a_run_that_memorised_trains_more():
     assert not wants_another([first] * MAX_MEMBERS, None, 1e6)
 
 
-def test_an_ensemble_model_averages_its_members_and_round_trips(tmp_path):
+@pytest.mark.parametrize("axes,shape", [("YX", (48, 56)), ("ZYX", (6, 40, 36))])
+def test_an_ensemble_model_averages_its_members_and_round_trips(axes, shape, tmp_path):
     rng = np.random.default_rng(0)
-    noisy = (0.5 + 0.1 * rng.normal(size=(48, 56))).astype(np.float32)
-    singles = [n2x.train(noisy, "YX", "bsn", steps=3, seed=s, device="cpu", trunk="dilated", ensemble=2,
+    noisy = (0.5 + 0.1 * rng.normal(size=shape)).astype(np.float32)
+    singles = [n2x.train(noisy, axes, "bsn", steps=3, seed=s, device="cpu", trunk="dilated", ensemble=2,
                          network={"features": 8}) for s in (0, 1)]
     a, b = singles
     config = {**a.config, "network": {"name": "ensemble", "member": a.config["network"], "count": 2}}
     ens = Model(a.method, NetworkEnsemble.of([a.net, b.net], a.config["network"]), config, a.history)
     # the same normalisation for both: the members were trained on the same image
     assert a.config["normalization"] == b.config["normalization"]
-    got = ens.predict(noisy, "YX")
-    want = (a.predict(noisy, "YX") + b.predict(noisy, "YX")) / 2
+    got = ens.predict(noisy, axes)  # a 3D member takes channels-last for the engine's channels-last-3d layout
+    want = (a.predict(noisy, axes) + b.predict(noisy, axes)) / 2
     assert np.abs(got - want).max() < 1e-5
-    assert np.abs(got - a.predict(noisy, "YX")).max() > 1e-4, "the second member counts"
+    assert np.abs(got - a.predict(noisy, axes)).max() > 1e-4, "the second member counts"
     path = n2x.save_model(ens, tmp_path / "ens.n2x")
     back = n2x.load_model(path)
     assert back.config["network"]["count"] == 2
-    assert np.abs(back.predict(noisy, "YX") - got).max() < 1e-6
+    assert np.abs(back.predict(noisy, axes) - got).max() < 1e-6
     with pytest.raises(TypeError, match="members"):
-        ens.net(torch.zeros(1, 1, 8, 8))
+        ens.net(torch.zeros((1, 1) + shape))

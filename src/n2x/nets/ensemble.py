@@ -39,6 +39,13 @@ class NetworkEnsemble(nn.Module):
             mine.load_state_dict(trained.state_dict())
         return ens
 
+    def to(self, *args: Any, **kwargs: Any) -> "NetworkEnsemble":  # noqa: D102
+        # Each member's own .to(): a member may map what it is asked for (the 3D ShiftedBSN, whose convolutions are
+        # 2D, takes channels-last for channels-last-3d), which nn.Module.to on the ensemble would bypass.
+        for member in self.members:
+            member.to(*args, **kwargs)
+        return self
+
     def receptive_radius(self) -> int:
         return max(int(m.receptive_radius()) for m in self.members)
 
