@@ -87,3 +87,37 @@ def test_a_memorising_run_rewinds_to_its_best_weights_and_anneals_from_there():
     lrs = history["lr"][history["rewound_at"]:]
     assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.1 * lrs[0], "annealed from the best"
     assert abs(float(net.w.detach()) - 3.0) < 1.0, "the weights kept are the held-out loss's best, not the memorised ones"
+
+
+class _Unstable(Method):
+    """Training and held-out loss both optimal at w = 3, and both raised by 100 from training step 30 to 100: an
+    unstable stretch (as a high learning rate gives), not memorising."""
+
+    name = "unstable"
+    deterministic_loss = True
+    rewinds_when_memorising = True
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def loss(self, net, patches, generator):
+        if net.training:
+            self.steps += 1
+        spike = 100.0 if 30 <= self.steps <= 100 else 0.0
+        return (net.w - 3.0).pow(2).sum() + spike + 0 * patches[0].mean()
+
+
+def test_an_unstable_stretch_is_not_taken_for_memorising():
+    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    sampler = PatchSampler([single_source(image, make_layout(image.shape, "YX"))], (16, 16), seed=0)
+    net = torch.nn.Module()
+    net.w = torch.nn.Parameter(torch.zeros(1))
+    # a small learning rate: w moves towards 3 all run long and both losses fall but for the stretch
+    net, history = _run(fit(_Unstable(), net, sampler, device=torch.device("cpu"), steps=400, lr=0.01,
+                            batch_size=2, seed=0))
+    spiked = [s for s, v in zip(history["val_step"], history["val_loss"]) if v > 50]
+    assert len(spiked) >= 3 and spiked[2] >= 2 * 25, "three worse validations in a row: the old rule rewound here"
+    assert "rewound_at" not in history and history["steps"] == 400
+    assert 1.5 < float(net.w.detach()) < 3.0
+
