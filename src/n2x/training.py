@@ -126,7 +126,7 @@ class ValidationSchedule:
 
 class RewindAnneal:
     """A run that memorises (its held-out loss worse at each of the last :data:`REWIND_PATIENCE` validations than
-    at its best, and at least twice the best's steps done) goes back to its best weights and anneals the learning
+    at its best while its training loss fell, and at least twice the best's steps done) goes back to its best weights and anneals the learning
     rate from there to the schedule's floor, in as many steps as it took to reach them (fewer where the budget has
     fewer left; at least :data:`MIN_ANNEAL_STEPS`), then stops.
 
