@@ -9,14 +9,12 @@ from torch import nn
 
 import n2x
 from n2x.api._members import MAX_MEMBERS, fit_members, wants_another
-from n2x.data.axes import make_layout
-from n2x.data.patches import PatchSampler, single_source
 from n2x.model import Model
 from n2x.nets import build_network, register_network
 from n2x.nets.ensemble import NetworkEnsemble
 from n2x.training import fit
 
-from test_training_loop import _Drifting
+from test_training_loop import _Drifting, scalar_problem
 
 
 @register_network("scalar_for_tests")
@@ -40,8 +38,7 @@ def _drive(gen, reports):
 
 
 def test_the_budget_a_memorising_run_leaves_trains_further_members():
-    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
-    sampler = PatchSampler([single_source(image, make_layout(image.shape, "YX"))], (16, 16), seed=0)
+    sampler, _ = scalar_problem()
     fit_net = partial(fit, _Drifting(), sampler=sampler, device=torch.device("cpu"), lr=0.1, batch_size=2)
     cfg = {"name": "scalar_for_tests"}
     budget = 6000
@@ -72,8 +69,7 @@ def test_the_budget_a_memorising_run_leaves_trains_further_members():
 
 
 def test_a_network_the_user_stopped_part_way_is_left_out():
-    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
-    sampler = PatchSampler([single_source(image, make_layout(image.shape, "YX"))], (16, 16), seed=0)
+    sampler, _ = scalar_problem()
     fit_net = partial(fit, _Drifting(), sampler=sampler, device=torch.device("cpu"), lr=0.1, batch_size=2)
     cfg = {"name": "scalar_for_tests"}
     calls = iter(range(10 ** 6))

@@ -63,6 +63,15 @@ def _run(gen):
             return stop.value
 
 
+def scalar_problem() -> tuple[PatchSampler, torch.nn.Module]:
+    """A sampler over a 64 x 64 noise image (16 x 16 patches) and a network of one weight ``w`` at 0: what the stub
+    methods below train (their losses depend on ``w`` only)."""
+    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    net = torch.nn.Module()
+    net.w = torch.nn.Parameter(torch.zeros(1))
+    return PatchSampler([single_source(image, make_layout(image.shape, "YX"))], (16, 16), seed=0), net
+
+
 class _Drifting(Method):
     """A loss whose training optimum (w = 10) lies past its held-out one (w = 3): a run that memorises."""
 
@@ -75,10 +84,7 @@ class _Drifting(Method):
 
 
 def test_a_memorising_run_rewinds_to_its_best_weights_and_anneals_from_there():
-    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
-    sampler = PatchSampler([single_source(image, make_layout(image.shape, "YX"))], (16, 16), seed=0)
-    net = torch.nn.Module()
-    net.w = torch.nn.Parameter(torch.zeros(1))
+    sampler, net = scalar_problem()
     net, history = _run(fit(_Drifting(), net, sampler, device=torch.device("cpu"), steps=2000, lr=0.1,
                                    batch_size=2, seed=0))
     assert "rewound_at" in history, "the held-out loss rose for three validations: the run went back"
@@ -109,10 +115,7 @@ class _Unstable(Method):
 
 
 def test_an_unstable_stretch_is_not_taken_for_memorising():
-    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
-    sampler = PatchSampler([single_source(image, make_layout(image.shape, "YX"))], (16, 16), seed=0)
-    net = torch.nn.Module()
-    net.w = torch.nn.Parameter(torch.zeros(1))
+    sampler, net = scalar_problem()
     # a small learning rate: w moves towards 3 all run long and both losses fall but for the stretch
     net, history = _run(fit(_Unstable(), net, sampler, device=torch.device("cpu"), steps=400, lr=0.01,
                             batch_size=2, seed=0))
