@@ -31,6 +31,9 @@ from ._members import fit_members
 from ._options import (DEFAULT_BATCH, DEFAULT_PATCH, DEFAULT_SECONDS, LEARNING_RATE,  # noqa: F401
                        MAX_DEFAULT_BATCH, MAX_MEMORY, PREVIEW_EVERY, TRAIN_OPTIONS, VAL_FRACTION)
 
+#: the seed of the training patches drawn for calibration (:func:`_calibration_patches`)
+CALIBRATION_SEED = 4242
+
 
 def _as_list(images: Any) -> list:
     if isinstance(images, (list, tuple)):
@@ -238,8 +241,18 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
         steps_gen = fit_members(steps_gen, train_member, member_config=net_cfg, steps=steps, seconds=seconds,
                                 preview=run_preview if preview is not None else None)
     return _finish(steps_gen, meth, config, dev,
-                   partial(meth.calibrate, val_patches=sampler.val_patches, scale=norm.scale, device=dev,
-                           fold_channels=channels == "independent"))
+                   partial(meth.calibrate, val_patches=_calibration_patches(sampler, meth, patch), scale=norm.scale,
+                           device=dev, fold_channels=channels == "independent"))
+
+
+def _calibration_patches(sampler: Any, meth: Any, patch: tuple[int, ...]) -> tuple | None:
+    """The held-out patches, then :attr:`~n2x.methods.base.Method.calibration_pixels` pixels of training patches
+    (a fixed draw, so that a run's calibration is repeatable)."""
+    held_out = sampler.val_patches
+    if not meth.calibration_pixels:
+        return held_out
+    drawn = sampler.sample(max(1, meth.calibration_pixels // int(np.prod(patch))), seed=CALIBRATION_SEED)
+    return drawn if held_out is None else tuple(np.concatenate(pair) for pair in zip(held_out, drawn))
 
 
 def _resolve_method(images: list, axes: str | None, method: str | MethodChoice, options: dict[str, Any],

@@ -119,10 +119,15 @@ class Method:
         level) on ``patches``, about :attr:`initial_sample_pixels` pixels of the training regions, normalised,
         ``(N, C, *patch)`` as the network sees them (independent channels folded into N)."""
 
+    #: pixels of training patches (without flips or rotations) :meth:`calibrate` gets after the held-out ones (0:
+    #: the held-out ones only). A held-out stripe is one region of an image, not a sample of all of it.
+    calibration_pixels = 0
+
     def calibrate(self, net: nn.Module, val_patches: tuple | None, scale: list[float], device: torch.device,
                   fold_channels: bool) -> None:
         """After training: fit anything of the method's inference to the trained ``net`` (e.g. AP-BSN's filter of
-        the blind box), from the held-out normalised patches ``val_patches`` (None without a validation split)."""
+        the blind box), from the held-out normalised patches ``val_patches`` (None without a validation split),
+        followed by about :attr:`calibration_pixels` pixels of training patches."""
 
     def network_config(self, ndim: int, channels: int, overrides: dict | None = None, **options: Any) -> dict:
         """The ``{"name": ..., **kwargs}`` of the default network for ``ndim`` spatial dims and ``channels``.
