@@ -80,9 +80,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     model = api.load_model(args.model, device="cpu")
     c = model.config
     method = dict(c["method"])
-    if method.get("box_filter"):  # 25-169 weights: their size and centre say enough here
-        k = len(method["box_filter"])
-        method["box_filter"] = f"{k} x {k}, centre weight {method['box_filter'][k // 2][k // 2]:.3f}"
+    if method.get("box_filter"):  # 25-169 weights per filter: their size and centre say enough here
+        filters = method["box_filter"]
+        filters = filters if isinstance(filters[0][0], list) else [filters]  # one filter, or one per knot
+        k = len(filters[0])
+        centres = ", ".join(f"{f[k // 2][k // 2]:.3f}" for f in filters)
+        method["box_filter"] = (f"{len(filters)} x {k} x {k}, centre weight{'s' if len(filters) > 1 else ''} "
+                                f"{centres}")
     summary = {"method": method, "network": c["network"], "axes": c["axes"], "spatial": c["spatial"],
                "channels": c["channels"], "n_channels": c["n_channels"], "patch_shape": c["patch_shape"],
                "normalization": c["normalization"], "noise": c.get("noise"), "method_choice": c.get("method_choice"),

@@ -75,8 +75,11 @@ def describe_method(model: Any) -> str:
         if design == "box":
             what = (f"AP-BSN, blind-box design: a network blind to the {2 * p['blind'] + 1} x {2 * p['blind'] + 1} "
                     f"box around each pixel, averaged over {p.get('ensemble', 1)} flips/rotations, "
-                    + ("then the fitted box filter of the residual." if p.get("box_filter")
-                       else "without a box filter (none was fitted)."))
+                    + ("then the fitted box filter of the residual" if p.get("box_filter")
+                       else "without a box filter (none was fitted).")
+                    + (", weighed per pixel by the noise's share of the residual variance the network predicts."
+                       if p.get("box_filter") and len(p.get("box_knots") or ()) > 1 else
+                       "." if p.get("box_filter") else ""))
         else:
             what = (f"AP-BSN, pixel-shuffle design: a blind-spot network on pixel-shuffle sub-images (training "
                     f"stride {p.get('stride_train')}, inference stride {p.get('stride_infer')}), no R3 passes.")

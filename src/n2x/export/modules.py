@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
+from ..methods.apbsn_designs import box_prediction
 from ..methods.bsn import posterior_mean
 from ..nets.dihedral import dihedral_mean
 from .anscombe import AnscombeTransform
@@ -61,25 +61,23 @@ class Normalized(nn.Module):
 
 class BoxCore(nn.Module):
     """AP-BSN's blind box: mean over the first ``ensemble`` flips/rotations, then the box filter of the residual
-    (``kernel``: the fitted ``(2b + 1)``-square filter in normalised units, or None) — as
-    :meth:`n2x.methods.apbsn_designs.BlindBoxDesign.predict`."""
+    (``params``: the method's, with the fitted filter or filters) — through the same function as
+    :meth:`n2x.methods.apbsn_designs.BlindBoxDesign.predict` (:func:`~n2x.methods.apbsn_designs.box_prediction`)."""
 
-    def __init__(self, net: nn.Module, ensemble: int, kernel: Any | None):
+    def __init__(self, net: nn.Module, params: dict[str, Any]):
         super().__init__()
         self.net = net
-        self.ensemble = int(ensemble)
-        self.filtered = kernel is not None
-        k = torch.tensor(kernel if kernel is not None else [[0.0]], dtype=torch.float32)
-        self.register_buffer("kernel", k[None, None])
-        self.pad = int(k.shape[-1]) // 2
+        self.ensemble = int(params.get("ensemble", 1))
+        self.filtered = bool(params.get("box_filter"))
+        self.adaptive = len(params.get("box_knots") or ()) > 1
+        # buffers, not Python lists: ONNX's exporter cannot fold tensors made while tracing
+        self.register_buffer("kernel", torch.tensor(params.get("box_filter") or [[0.0]], dtype=torch.float32))
+        self.register_buffer("knots", torch.tensor(params.get("box_knots") or [0.0], dtype=torch.float32))
+        self.noise_var = float(params.get("box_noise_var") or 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        den = dihedral_mean(self.net, x, self.ensemble)
-        if self.filtered:
-            c = x.shape[1]
-            w = self.kernel.expand(c, 1, self.kernel.shape[-2], self.kernel.shape[-1])
-            den = den + F.conv2d(x - den, w, padding=self.pad, groups=c)
-        return den
+        return box_prediction(self.net, x, self.ensemble, self.kernel if self.filtered else None,
+                              self.knots if self.adaptive else None, self.noise_var)
 
 
 class PixelShuffleCore(nn.Module):
@@ -138,7 +136,7 @@ def build_module(model: Any) -> nn.Module:
     if model.method_name == "apbsn":
         p = method.params
         if method.design == "box":
-            core: nn.Module = BoxCore(net, int(p.get("ensemble", 1)), p.get("box_filter") or None)
+            core: nn.Module = BoxCore(net, p)
         else:
             core = PixelShuffleCore(net, int(p["stride_infer"]))
     elif model.method_name == "bsn":

@@ -13,16 +13,19 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from .._numbers import round_up
 from ..errors import N2xError, N2xWarning
 from ..nets.dihedral import dihedral_mean
 from ..nets.pixel_shuffle import pixel_shuffle_down, pixel_shuffle_up
 from ..options import AUTO
-from .box_filter import apply_box_filter, box_covariance, fit_box_filter
+from .box_filter import apply_box_filter, box_covariance, fit_adaptive_box_filter, fit_box_filter
 
 #: the paper's training stride (pixels), used when the probe cannot measure the noise
 FALLBACK_STRIDE = 5
+#: the smallest predicted residual variance (normalised units): keeps the likelihood finite
+MIN_RESIDUAL_VAR = 1e-6
 
 
 def distance(out: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
@@ -122,39 +125,83 @@ class BlindBoxDesign(Design):
             x = x.reshape(-1, 1, *x.shape[2:])
         net.eval()
         with torch.no_grad():
-            res = torch.cat([xi - self.ensemble(net, xi) for xi in x.to(device).split(16)]).cpu()
-        res = res.reshape(-1, 1, *res.shape[2:])
+            out = torch.cat([self.ensemble(net, xi) for xi in x.to(device).split(16)]).cpu()
+        c = x.shape[1]
+        res = (x - out[:, :c]).reshape(-1, 1, *x.shape[2:])
         # The residual holds the noise plus what the prediction missed, so its variance bounds the noise variance:
         # where the probe read signal texture as noise (a larger estimate than that), scale its estimate down to the
         # bound, which makes the filter about zero instead of subtracting detail.
         bound = float((res.double() ** 2).mean())
         if cov[b, b] > bound:
             cov = cov * (bound / cov[b, b])
-        p["box_filter"] = fit_box_filter(res, cov).round(6).tolist()
+        if out.shape[1] == c:  # a network without a variance (model files from before it): one filter
+            p["box_filter"] = fit_box_filter(res, cov).round(6).tolist()
+            return
+        share = (cov[b, b] / out[:, c:]).reshape(res.shape)
+        kernels, knots = fit_adaptive_box_filter(res, share, cov)
+        p["box_filter"], p["box_knots"], p["box_noise_var"] = kernels.round(6).tolist(), knots, round(cov[b, b], 8)
 
     def network_config(self, channels: int) -> dict:
         # 16 features: on coins/CORR at 180 s of CPU the 32-feature net made 477 steps and memorised the image
-        # after 190 (23.6 dB); 16 features made 1349 steps and reached 24.1 dB.
+        # after 190 (23.6 dB); 16 features made 1349 steps and reached 24.1 dB. The variance of the residual
+        # weighs the box filter per pixel (:mod:`.box_filter`).
         return {"name": "blindbox", "ndim": 2, "in_channels": channels, "out_channels": channels,
-                "features": 16, "blind": self.params["blind"], "dilations": [1, 2, 4, 8, 1, 2]}
+                "features": 16, "blind": self.params["blind"], "dilations": [1, 2, 4, 8, 1, 2], "variance": True}
 
     def halo(self, net: nn.Module) -> int:
         # the filter of the residuals reaches `blind` pixels further
         return net.receptive_radius() + (self.params["blind"] if self.params.get("box_filter") else 0)
 
     def loss(self, net: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return distance(net(x), x, self.params["loss"])
+        out = net(x)
+        c = x.shape[1]
+        fit = distance(out[:, :c], x, self.params["loss"])
+        if out.shape[1] == c or not net.training:
+            return fit
+        # The variance of the residual by Gaussian likelihood, around the mean without its gradient, so that the
+        # mean is fitted by the distance alone, as without the variance. The loss's value stays the mean's fit, which
+        # the loss plot compares with validation and validation picks the best weights by (with the likelihood in
+        # it, a camera/CORR run kept step 569 of 1634: 26.96 dB, against 27.35 for its last weights); its gradient
+        # also trains the variance's tail.
+        var = F.softplus(out[:, c:].float()) + MIN_RESIDUAL_VAR
+        nll = (0.5 * (torch.log(var) + (x.float() - out[:, :c].detach().float()) ** 2 / var)).mean()
+        return fit + (nll - nll.detach())
 
     def ensemble(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Mean of the network's predictions over ``ensemble`` flips/rotations of ``x`` (float32)."""
-        return dihedral_mean(net, x, self.params.get("ensemble", 1))
+        """Mean over ``ensemble`` flips/rotations of ``x`` of the network's means and, where it predicts them, its
+        residual variances (channels after the means) (float32)."""
+        return dihedral_mean(lambda t: means_and_variances(net, t), x, self.params.get("ensemble", 1))
 
     def predict(self, net: nn.Module, x: torch.Tensor, position: tuple = ()) -> torch.Tensor:
-        den = self.ensemble(net, x)
-        kernel = self.params.get("box_filter")
-        if kernel:
-            den = apply_box_filter(x, den, kernel)
-        return den.to(x.dtype)
+        p = self.params
+        return box_prediction(net, x, p.get("ensemble", 1), p.get("box_filter"), p.get("box_knots"),
+                              p.get("box_noise_var")).to(x.dtype)
+
+
+def means_and_variances(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The blind-box network's output for ``x`` ``(B, C, Y, X)`` (float32): its means, then, where it predicts
+    them, the variances of its residual (softplus of its second half)."""
+    out = net(x).float()
+    c = x.shape[1]
+    if out.shape[1] == c:
+        return out
+    return torch.cat([out[:, :c], F.softplus(out[:, c:]) + MIN_RESIDUAL_VAR], 1)
+
+
+def box_prediction(net: nn.Module, x: torch.Tensor, ensemble: int, kernel: Any = None, knots: Any = None,
+                   noise_var: float | None = None) -> torch.Tensor:
+    """The blind-box design's denoised tile ``x`` ``(B, C, Y, X)`` (float32, normalised units): the mean over
+    ``ensemble`` flips/rotations, then the box filter ``kernel`` of the residual (None: none), one filter or
+    filters at ``knots`` of the noise share ``noise_var / variance``. A function, so that the exported package
+    (:mod:`n2x.export.modules`) computes the same."""
+    out = dihedral_mean(lambda t: means_and_variances(net, t), x, ensemble)
+    c = x.shape[1]
+    den = out[:, :c]
+    if kernel is None or len(kernel) == 0:
+        return den
+    if knots is not None and len(knots) > 1:
+        return apply_box_filter(x, den, kernel, noise_var / out[:, c:], knots)
+    return apply_box_filter(x, den, kernel)
 
 
 class PixelShuffleDesign(Design):
