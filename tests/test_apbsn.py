@@ -8,7 +8,8 @@ import n2x
 from n2x.data.samples import clean_cells
 from n2x.errors import N2xWarning
 from n2x.methods.apbsn_designs import r3_mask
-from n2x.methods.box_filter import apply_box_filter, fit_adaptive_box_filter, fit_box_filter, knot_weights
+from n2x.methods.box_filter import (apply_box_filter, certain_autocovariance, fit_adaptive_box_filter, fit_box_filter,
+                                   knot_weights)
 from n2x.nets.pixel_shuffle import pixel_shuffle_down as pd_down, pixel_shuffle_up as pd_up
 from n2x.nets.blindbox import BlindBoxNet
 from n2x.nets.blindspot import BlindSpotNet
@@ -108,6 +109,21 @@ def test_box_filter_follows_the_noise_share_per_pixel():
     np.testing.assert_allclose(weights.T.numpy(), [[1, 0], [1, 0], [0.5, 0.5], [0, 1], [0, 1]], atol=1e-6)
 
 
+def test_noise_autocovariance_from_the_surest_residuals():
+    rng = np.random.default_rng(3)
+    noise = np.stack([_box3(rng.normal(size=(64, 64))) for _ in range(16)])[:, None]  # variance 1, 3 x 3 box
+    missed = np.zeros_like(noise)
+    missed[..., :, 32:] = 3 * rng.normal(size=(16, 1, 64, 32))  # detail the prediction missed: the right half
+    variance = np.where(missed != 0, 10.0, 1.0)  # what the network predicts there
+    cov = certain_autocovariance(torch.from_numpy(noise + missed), torch.from_numpy(variance), 2)
+    # the box kernel's autocovariance: (3 - |dy|)(3 - |dx|) / 9 within 2 pixels
+    true = np.outer([1, 2, 3, 2, 1], [1, 2, 3, 2, 1]) / 9
+    np.testing.assert_allclose(cov, true, atol=0.06)
+    # the whole residual would read the missed detail as noise
+    everywhere = certain_autocovariance(torch.from_numpy(noise + missed), torch.ones_like(torch.from_numpy(noise)), 2)
+    assert everywhere[2, 2] > 3
+
+
 def test_pixel_shuffle_round_trip():
     x = torch.arange(2 * 3 * 10 * 20, dtype=torch.float32).reshape(2, 3, 10, 20)
     sub = pd_down(x, 5)
@@ -163,6 +179,8 @@ def test_box_filter_puts_back_detail(camera_corr):
     per_pixel = psnr(n2x.denoise(model, noisy), clean)
     p["box_filter"] = None
     without = psnr(n2x.denoise(model, noisy), clean)
+    # After 80 steps the surest residuals still read the noise 1.45 times the probe's variance: the probe's stays.
+    assert p["noise_covariance_from"] == "probe"
     # Measured: 23.45 dB with the filters, 21.25 without (noisy 20.17).
     assert per_pixel - without > 0.5, (per_pixel, without)
 

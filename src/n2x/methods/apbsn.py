@@ -10,9 +10,10 @@ the signal only if it cannot see any noise correlated with the pixel's own. Two 
   to downsampling; training and inference see the same thing. Inference averages the predictions of ``ensemble``
   flips and rotations of the tile (default 8: about the cost of R3's 8 passes, which this design does not need),
   then adds the **box filter** of the residual ``noisy - prediction`` over the box (:mod:`~n2x.methods.box_filter`,
-  fitted after training from the noise autocovariance the probe measured): it puts back the detail of the pixels
-  the network could not see. The network also predicts the variance of its residual, and the filter is weighed by
-  the noise's share of it, pixel by pixel: near zero where the surroundings tell the value, more at edges. The box
+  fitted after training without the clean image): it puts back the detail of the pixels the network could not
+  see. The network also predicts the variance of its residual, and the filter is weighed by the noise's share of
+  it, pixel by pixel: near zero where the surroundings tell the value, more at edges; the noise's autocovariance
+  comes from the residual where that variance is smallest (the probe decides whether there is a filter). The box
   must cover the correlation: one pixel too small lets the network learn part of the noise.
 - **pixel-shuffle** (the paper's design, chosen by giving ``stride_train``, and the fallback when the probe cannot
   measure the noise): each patch is split by pixel-shuffle downsampling (PD) with ``stride_train`` into
@@ -100,7 +101,8 @@ class APBSN(Method):
     ``sub_batch`` (PD design: sub-images trained on per step, drawn at random from the PD sub-images of the batch:
     bounds the cost of a step on a CPU; 0 uses them all). Stored by training: ``noise_probe``, ``box_filter`` (one
     filter, or one per knot), ``box_knots`` (the knots in the noise share), ``box_noise_var`` (the noise variance
-    the share divides, normalised units) and ``seed`` (of R3's pixel choice, 0).
+    the share divides, normalised units), ``noise_covariance_from`` (where the noise's autocovariance came from:
+    ``"residuals"`` or ``"probe"``) and ``seed`` (of R3's pixel choice, 0).
 
     The two designs are strategies (:mod:`n2x.methods.apbsn_designs`); this class declares the options, settles
     the design from them and the noise probe, and delegates.
@@ -140,7 +142,7 @@ class APBSN(Method):
         Option("loss", "str", "l2", "training loss: l2 (mean squared error, the mean for zero-mean noise; default) "
                "or l1 (mean absolute error, the median, as in the paper)", label="Loss", choices=LOSSES),
     )
-    internal = ("noise_probe", "box_filter", "box_knots", "box_noise_var", "seed")
+    internal = ("noise_probe", "box_filter", "box_knots", "box_noise_var", "noise_covariance_from", "seed")
     #: the box filter is fitted on the held-out stripe and 2^18 pixels of training patches: the stripe alone (one
     #: region of the image) fitted it worse (camera/CORR, the same network: 26.48 dB, with 64 patches of 64 x 64
     #: from the rest 27.19, on the whole image 27.23)
@@ -188,7 +190,7 @@ class APBSN(Method):
         """Blind-box design: fit the filter of the box's residuals on the held-out patches ``(N, C, Y, X)``
         (normalised; ``scale``: the normalisation's scale per channel; ``fold_channels``: the network takes one
         channel at a time). The pixel-shuffle design has nothing to fit."""
-        for key in ("box_filter", "box_knots", "box_noise_var"):
+        for key in ("box_filter", "box_knots", "box_noise_var", "noise_covariance_from"):
             self.params.pop(key, None)
         self.strategy.calibrate(net, val_patches, scale, device, fold_channels)
 
