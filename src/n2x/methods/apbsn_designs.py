@@ -145,8 +145,8 @@ class BlindBoxDesign(Design):
         # The probe's small blocks misread the autocovariance at lags 1-2 on some images (cell/CORR: 13-23% low,
         # moon 9-17% low, coins 3-10% high), and a low one makes the fit put noise back (cell: -2.6 dB against the
         # prediction alone). The residual where the network is surest reads it better; with it the filter gained on
-        # the same 180 s networks: camera/CORR 27.19 -> 27.35 dB, coins 25.54 -> 26.16, moon 31.86 -> 32.92, cell
-        # 33.08 -> 35.69. The probe still decides whether there is a filter (it tells noise from texture).
+        # the same 180 s networks: camera/CORR 27.19 -> 27.38 dB, coins 25.54 -> 26.17, moon 31.86 -> 32.84, cell
+        # 33.08 -> 35.55. The probe still decides whether there is a filter (it tells noise from texture).
         # An undertrained network's residual still holds its error where it is surest, and reads the noise high
         # (the test's camera crop: 2.1 times the probe's variance after 3 steps, 1.45 after 80; 180 s networks on
         # camera, coins, moon and cell: 0.86-1.08): the probe's autocovariance stays then.
