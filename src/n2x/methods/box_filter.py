@@ -71,8 +71,7 @@ def certain_autocovariance(residual: torch.Tensor, variance: torch.Tensor, blind
     There the surroundings tell the value, so the residual is the noise plus a small error of the prediction; the
     network, not a plane fit of small blocks, has taken the signal out. Normalised units, like ``residual``."""
     k = 2 * blind + 1
-    cols = torch.nn.functional.unfold(residual.double(), k)  # (N, k * k, L): each inner pixel's box
-    cols = cols.permute(1, 0, 2).reshape(k * k, -1)
+    cols = _box_columns(residual, k)
     y, x = residual.shape[-2:]
     var = variance.double()[..., blind:y - blind, blind:x - blind].reshape(-1)
     # at most 2^20 pixels decide the threshold (torch.quantile's limit is 2^24)
@@ -81,13 +80,19 @@ def certain_autocovariance(residual: torch.Tensor, variance: torch.Tensor, blind
     return (chosen * chosen[(k * k) // 2]).mean(1).reshape(k, k).numpy()
 
 
+def _box_columns(residual: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-square box of every pixel of ``residual`` ``(N, 1, Y, X)`` whose box lies inside it, as
+    ``(k * k, pixels)`` float64 columns (N, then rows, then columns)."""
+    cols = torch.nn.functional.unfold(residual.double(), k)  # (N, k * k, L)
+    return cols.permute(1, 0, 2).reshape(k * k, -1)
+
+
 def _solve_sure(residual: torch.Tensor, phi: torch.Tensor, covariance: np.ndarray) -> np.ndarray:
     """Filters ``(K, k, k)`` minimising ``mean (r_c - sum_j phi_j w_j . r_box)^2 + 2 sum_j mean(phi_j) w_j . cov``
     over the pixels whose box lies inside ``residual`` ``(N, 1, Y, X)``; ``phi``: ``(K, N, 1, Y, X)``, the weight of
     each filter at each pixel."""
     k, kk, h = covariance.shape[0], covariance.size, covariance.shape[0] // 2
-    cols = torch.nn.functional.unfold(residual.double(), k)  # (N, k * k, L): each inner pixel's box
-    cols = cols.permute(1, 0, 2).reshape(kk, -1)
+    cols = _box_columns(residual, k)
     y, x = residual.shape[-2:]
     phi = phi[..., h:y - h, h:x - h].reshape(phi.shape[0], -1)
     centre = cols[kk // 2]
