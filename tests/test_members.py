@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import n2x
-from n2x.api._members import MAX_MEMBERS, fit_members, wants_another
+from n2x.api._members import MAX_MEMBERS, choose_members, fit_members, wants_another
 from n2x.model import Model
 from n2x.nets import build_network, register_network
 from n2x.nets.ensemble import NetworkEnsemble
@@ -115,3 +115,42 @@ def test_an_ensemble_model_averages_its_members_and_round_trips(axes, shape, tmp
     assert np.abs(back.predict(noisy, axes) - got).max() < 1e-6
     with pytest.raises(TypeError, match="members"):
         ens.net(torch.zeros((1, 1) + shape))
+
+
+def test_the_members_whose_mean_fits_the_held_out_pixels_are_kept():
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(size=20000)
+    noisy = clean + 0.1 * rng.normal(size=clean.shape)
+    good = [clean + 0.02 * rng.normal(size=clean.shape) for _ in range(3)]  # independent errors: the mean is better
+    poor = clean + 0.08 * rng.normal(size=clean.shape)  # an undertrained network (an early rewind)
+    assert choose_members([(p, noisy) for p in [poor] + good]) == [1, 2, 3]
+    assert choose_members([(p, noisy) for p in good]) == [0, 1, 2]
+    same = clean + 0.02 * rng.normal(size=clean.shape)  # two copies of one network add nothing, but cost nothing
+    assert choose_members([(poor, noisy), (same, noisy), (same + 1e-9, noisy)]) in ([1], [1, 2])
+
+
+def test_a_member_that_predicts_the_held_out_pixels_worse_is_left_out():
+    sampler, _ = scalar_problem()
+    fit_net = partial(fit, _Drifting(), sampler=sampler, device=torch.device("cpu"), lr=0.1, batch_size=2)
+    cfg = {"name": "scalar_for_tests"}
+    rng = np.random.default_rng(1)
+    clean = rng.uniform(size=5000)
+    noisy = clean + 0.1 * rng.normal(size=clean.shape)
+    calls: list = []
+
+    def held_out(net):  # the first member trained is the poor one
+        calls.append(net)
+        return clean + (0.2 if len(calls) == 1 else 0.02) * rng.normal(size=clean.shape), noisy
+
+    gen = fit_members(fit_net(build_network(**cfg), steps=6000, seed=0),
+                      lambda i, steps, seconds: fit_net(build_network(**cfg), steps=steps, seconds=seconds, seed=i),
+                      member_config=cfg, steps=6000, seconds=None, held_out=held_out)
+    net, history = _drive(gen, [])
+    members = history["members"]
+    assert len(members) >= 2 and not members[0]["kept"] and all(m["kept"] for m in members[1:])
+    assert history["steps"] == sum(m["steps"] for m in members), "the budget spent is still counted"
+    if len(members) == 2:
+        assert net is calls[1] and not isinstance(net, NetworkEnsemble)
+    else:
+        assert isinstance(net, NetworkEnsemble) and len(net.members) == len(members) - 1
+        assert all(m is not calls[0] for m in net.members)

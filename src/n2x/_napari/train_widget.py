@@ -312,7 +312,8 @@ class TrainWidget(TrainRun, DockJoiner, QWidget):
                             + (f"; best validation loss {best:.4g} at step {hist.get('best_step')}" if best else "")
                             + (f" (the held-out loss rose after step {hist['rewound_to']}: training went back there "
                                "and annealed from it)" if hist.get("rewound_at") else "")
-                            + (f"; the time left trained {len(hist['members']) - 1} more network(s), averaged"
+                            + (f"; the time left trained {len(hist['members']) - 1} more network(s), "
+                               f"{sum(bool(m.get('kept', True)) for m in hist['members'])} of them kept and averaged"
                                if hist.get("members") else "")
                             + f". Model listed in Denoise as “{entry.name}”.")
         if self.settings.options.get("denoise_after") and layer in self.viewer.layers:

@@ -239,7 +239,9 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
                            seed=None if seed is None else seed + index)
 
         steps_gen = fit_members(steps_gen, train_member, member_config=net_cfg, steps=steps, seconds=seconds,
-                                preview=run_preview if preview is not None else None)
+                                preview=run_preview if preview is not None else None,
+                                held_out=partial(meth.held_out_predictions, val_patches=sampler.val_patches,
+                                                 device=dev, fold_channels=channels == "independent"))
     return _finish(steps_gen, meth, config, dev,
                    partial(meth.calibrate, val_patches=_calibration_patches(sampler, meth, patch), scale=norm.scale,
                            device=dev, fold_channels=channels == "independent"))

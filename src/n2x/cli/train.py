@@ -122,14 +122,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     saved = api.save_model(model, out, overwrite=True)
     h = model.history
     if not args.quiet:
-        n = len(h.get("members") or [h])
+        members = h.get("members") or [h]
+        n, kept = len(members), sum(bool(m.get("kept", True)) for m in members)
         best = (f"best validation loss {h['best_val_loss']:.4g} at step {h['best_step']}" if n == 1 else
-                f"{n} networks, mean best validation loss {h['best_val_loss']:.4g}")
+                f"{kept} of {n} networks kept, mean best validation loss {h['best_val_loss']:.4g}")
         print(f"saved {saved}: {h['steps']} steps in {h['train_seconds']:.0f} s "
               f"({h['patches_per_second']:.0f} patches/s), {best}")
         if h.get("rewound_at"):
             print(f"n2x: stopped early: the held-out loss rose after step {h['rewound_to']} (memorising the image), so "
                   f"training went back there at step {h['rewound_at']} and annealed from it"
                   + (f"; the budget left trained {n - 1} more network(s) from other seeds, and the model averages the "
-                     f"{n} (denoising runs each)" if n > 1 else ""))
+                     f"{kept} whose mean predicts the held-out pixels best (denoising runs each)" if kept > 1 else
+                     f"; the budget left trained {n - 1} more network(s) from other seeds, and the model keeps the one "
+                     "that predicts the held-out pixels best" if n > 1 else ""))
     return 0

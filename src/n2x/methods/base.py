@@ -129,6 +129,15 @@ class Method:
         the blind box), from the held-out normalised patches ``val_patches`` (None without a validation split),
         followed by about :attr:`calibration_pixels` pixels of training patches."""
 
+    def held_out_predictions(self, net: nn.Module, val_patches: tuple | None, device: torch.device,
+                             fold_channels: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """What ``net`` predicts at the held-out pixels of ``val_patches`` (normalised; the last array marks the
+        held-out pixels) without seeing them, and the noisy values there: two flat float32 arrays, or None where the
+        method has no such prediction. For a prediction blind to its own pixel, the mean squared difference is the
+        error against the clean image plus the noise variance, so it ranks the networks of one run
+        (:func:`n2x.api._members.choose_members`)."""
+        return None
+
     def network_config(self, ndim: int, channels: int, overrides: dict | None = None, **options: Any) -> dict:
         """The ``{"name": ..., **kwargs}`` of the default network for ``ndim`` spatial dims and ``channels``.
 

@@ -43,6 +43,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..errors import N2xError
+from ..nets import memory_format
 from ..nets.dihedral import dihedral_mean
 from ..nets.ensemble import members_of
 from ..options import Option
@@ -207,6 +208,23 @@ class BlindSpotAllPixels(Method):
 
     def predict(self, net: nn.Module, x: torch.Tensor, position: tuple = ()) -> torch.Tensor:
         return dihedral_mean(lambda t: self.posterior_mean(net, t), x, self.params["ensemble"]).to(x.dtype)
+
+    def held_out_predictions(self, net: nn.Module, val_patches: tuple | None, device: torch.device,
+                             fold_channels: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """The prior mean at the held-out pixels and their noisy values (flat, normalised units). The prior mean,
+        not the posterior: the posterior weighs in the pixel itself, and its difference from the noisy value would
+        favour the networks that copy it."""
+        if val_patches is None or len(val_patches) < 2:
+            return None
+        x, held = (torch.from_numpy(np.ascontiguousarray(v, np.float32)) for v in (val_patches[0], val_patches[-1]))
+        if fold_channels:
+            x, held = (t.reshape((-1, 1) + tuple(t.shape[2:])) for t in (x, held))
+        layout = memory_format(x.ndim - 2)
+        with torch.no_grad():
+            mu = torch.cat([prior_and_noise(net, xi.to(device).contiguous(memory_format=layout))[0].cpu()
+                            for xi in x.split(16)])
+        mask = held > 0
+        return mu[mask].numpy(), x[mask].numpy()
 
     def calibrate(self, net: nn.Module, val_patches: tuple | None, scale: list[float], device: torch.device,
                   fold_channels: bool) -> None:
