@@ -73,6 +73,41 @@ def test_posterior_mean_weighs_the_pixel_by_the_prior_variance():
     assert float(noise_var.flatten()[0]) == pytest.approx(0.25, rel=1e-5)
 
 
+def test_training_fits_the_mean_by_squared_error_and_the_variance_by_likelihood():
+    method = get_method("bsn", ensemble=1)
+    torch.manual_seed(0)
+    net = ShiftedBSN(features=4, dilations=(1,)).train()
+    with torch.no_grad():
+        net.set_noise_var(torch.tensor([0.25]))
+        for p in net.parameters():  # weights far from their start, so that the prior variance varies by pixel
+            p.normal_(0.0, 0.5)
+    outputs = []
+
+    def keep(module, args, out):
+        if out.requires_grad:
+            out.retain_grad()
+        outputs.append(out)
+
+    net.register_forward_hook(keep)
+    y = torch.randn(2, 1, 16, 16)
+    loss = method.loss(net, (y,), torch.Generator())
+    loss.backward()
+    out = outputs[0]
+    with torch.no_grad():
+        mu, prior_var, _ = method._prior_and_noise(net.eval(), y)
+    var = prior_var + 0.25
+    # the loss's value is the likelihood's
+    assert float(loss.detach()) == pytest.approx(float((0.5 * (torch.log(var) + (y - mu) ** 2 / var)).mean()), rel=1e-4)
+    # the mean's gradient is the squared error's, the same weight at every pixel (the likelihood's would be 1 / var)
+    n = y.numel()
+    torch.testing.assert_close(out.grad[:, :1], (mu - y) / 0.25 / n, rtol=1e-3, atol=1e-7)
+    assert float(var.max() / var.min()) > 1.5, "the prior variance varies, so the two gradients differ"
+    # the variance's gradient is the likelihood's: d/dv of 0.5 (log v + r^2 / v), through the softplus
+    raw = out[:, 1:].detach()
+    want = 0.5 * (1 / var - (y - mu) ** 2 / var ** 2) * torch.sigmoid(raw) / n
+    torch.testing.assert_close(out.grad[:, 1:], want, rtol=1e-3, atol=1e-7)
+
+
 def test_photon_noise_line_is_measured_and_floored():
     """Poisson noise (30 photons at 1) and read noise (sigma 0.02) on a smooth image: the fitted line gives the
     noise variance within 10% across the intensities, and the posterior's noise variance follows the prior mean down

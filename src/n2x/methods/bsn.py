@@ -12,8 +12,9 @@ puts back through a Gaussian posterior:
   only sees ``s_p^2 + s_n^2``. Learnt, it drifted below the truth without a push and, with the push of their
   paper (``-0.03 s_n`` here), above it in longer runs, where
   the posterior then ignored the pixel (camera 100 x 100 crop, G25: 0.44 learnt against 0.40 true, normalised);
-- training minimises the negative log-likelihood of the noisy value ``y`` under ``N(mu, s_p^2 + s_n^2)`` at every
-  pixel;
+- training fits the prior variance by the negative log-likelihood of the noisy value ``y`` under
+  ``N(mu, s_p^2 + s_n^2)`` at every pixel, and the prior mean by the squared error ``(y - mu)^2`` (the likelihood's
+  gradient weighs it by ``1 / (s_p^2 + s_n^2)``, which favours flat, dark regions: see :meth:`loss`);
 - the prediction is the posterior mean ``(s_p^2 y + s_n^2 mu) / (s_p^2 + s_n^2)``: the noisy pixel counts where
   the surroundings cannot tell its value (edges, texture), not where they can (flat regions). One global weight
   (AP-BSN's box filter with a 1 x 1 box) cannot serve both.
@@ -187,15 +188,28 @@ class BlindSpotAllPixels(Method):
             net.set_noise_var(robust_noise_var(x))
 
     def loss(self, net: nn.Module, patches: tuple[torch.Tensor, ...], generator: torch.Generator) -> torch.Tensor:
-        """Mean Gaussian negative log-likelihood per pixel (up to a constant). With held-out pixels (a second array,
-        1 where a pixel is held out: :mod:`n2x.data.holdout`), training (``net.training``) averages over the
-        other pixels, and validation over the held-out ones."""
+        """Mean Gaussian negative log-likelihood per pixel (up to a constant); in training, its gradient reaches
+        the prior mean through the squared error instead (the comment below says why). With held-out pixels (a
+        second array, 1 where a pixel is held out: :mod:`n2x.data.holdout`), training (``net.training``) averages
+        over the other pixels, and validation over the held-out ones."""
         y = patches[0]
         if net.training and not bool(net.noise_initialised):  # a loop that did not call initialise()
             net.set_noise_var(robust_noise_var(y))
         mu, prior_var, noise_var = self._prior_and_noise(net, y)
         var = prior_var + noise_var
-        nll = 0.5 * (torch.log(var) + (y.float() - mu) ** 2 / var)
+        residual = y.float() - mu
+        if net.training:
+            nll = 0.5 * (torch.log(var) + residual.detach() ** 2 / var)
+            # The mean learns by the plain squared error, the variance by the likelihood around the mean (Stirn et
+            # al. 2023's "faithful" heteroscedastic regression): the likelihood weighs each pixel's error by
+            # 1 / (s_p^2 + s_n^2), so the mean fits flat and dark regions at the expense of the textured and bright
+            # ones, which the squared error of the denoised image counts alike. Scaled by the noise variance, so that
+            # in flat regions the gradient is the likelihood's; the loss's value stays the likelihood.
+            scale = noise_var.detach().mean(dim=[d for d in range(noise_var.ndim) if d != 1], keepdim=True)
+            fit = 0.5 * residual ** 2 / scale
+            nll = nll + (fit - fit.detach())
+        else:
+            nll = 0.5 * (torch.log(var) + residual ** 2 / var)
         if len(patches) < 2:
             return nll.mean()
         held_out = patches[-1].float()
