@@ -7,7 +7,7 @@ import torch
 import n2x
 from n2x.data.samples import clean_cells, noisy_sample
 from n2x.methods import get_method
-from n2x.methods.bsn import robust_noise_line
+from n2x.methods.bsn import measure_mean_offset, robust_noise_line
 from n2x.nets.shifted_bsn import ShiftedBSN
 from conftest import psnr
 
@@ -106,6 +106,32 @@ def test_training_fits_the_mean_by_squared_error_and_the_variance_by_likelihood(
     raw = out[:, 1:].detach()
     want = 0.5 * (1 / var - (y - mu) ** 2 / var ** 2) * torch.sigmoid(raw) / n
     torch.testing.assert_close(out.grad[:, 1:], want, rtol=1e-3, atol=1e-7)
+
+
+def test_the_offset_training_leaves_in_the_prior_mean_is_measured_and_removed(tmp_path):
+    method = get_method("bsn", ensemble=1)
+    torch.manual_seed(0)
+    net = ShiftedBSN(features=4, dilations=(1,)).eval()
+    with torch.no_grad():
+        net.set_noise_var(torch.tensor([0.25]))
+    y = (0.5 + torch.randn(16, 1, 24, 24)).numpy()
+    measure_mean_offset(net, y, torch.device("cpu"), fold_channels=False)
+    with torch.no_grad():
+        mu0 = method._prior_and_noise(net, torch.from_numpy(y))[0]
+        assert abs(float((torch.from_numpy(y) - mu0).mean())) < 1e-5
+        net.head[-1].bias[0] += 0.3  # the offset a late step leaves
+        assert float((method._prior_and_noise(net, torch.from_numpy(y))[0] - mu0).mean()) == pytest.approx(0.3)
+    measure_mean_offset(net, y, torch.device("cpu"), fold_channels=False)
+    with torch.no_grad():
+        torch.testing.assert_close(method._prior_and_noise(net, torch.from_numpy(y))[0], mu0, atol=1e-4, rtol=0)
+    # stored with the weights; a file without it loads with no offset
+    state = net.state_dict()
+    back = ShiftedBSN(features=4, dilations=(1,))
+    back.load_state_dict(state)
+    assert torch.equal(back.mean_offset, net.mean_offset)
+    old = {k: v for k, v in state.items() if k != "mean_offset"}
+    back.load_state_dict(old)
+    assert float(back.mean_offset.abs().sum()) == 0.0
 
 
 def test_photon_noise_line_is_measured_and_floored():

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from n2x.data.axes import make_layout
@@ -124,3 +125,30 @@ def test_an_unstable_stretch_is_not_taken_for_memorising():
     assert "rewound_at" not in history and history["steps"] == 400
     assert 1.5 < float(net.w.detach()) < 3.0
 
+
+
+class _Settling(Method):
+    """Training and held-out loss both optimal at w = 3: a run that neither memorises nor spikes."""
+
+    name = "settling"
+    deterministic_loss = True
+
+    def loss(self, net, patches, generator):
+        return (net.w - 3.0).pow(2).sum() + 0 * patches[0].mean()
+
+
+@pytest.mark.parametrize("length", [{"steps": 1000}, {"seconds": 60.0}])
+def test_a_cap_on_steps_shortens_the_schedule_to_fit_it(length):
+    sampler, net = scalar_problem()
+    net, history = _run(fit(_Settling(), net, sampler, device=torch.device("cpu"), lr=0.1, batch_size=2, seed=0,
+                            max_steps=120, **length))
+    assert history["steps"] == 120 and history["capped"], "the cap ended the run, well inside its time"
+    lrs = history["lr"]
+    assert lrs[-1] < 0.05 * max(lrs), "the learning rate annealed over the capped length, not the budget"
+    assert history["train_seconds"] < 30
+    _, history = _run(fit(_Settling(), scalar_problem()[1], sampler, device=torch.device("cpu"), lr=0.1,
+                          batch_size=2, seed=0, steps=100, max_steps=120))
+    assert history["steps"] == 100 and not history["capped"], "a cap past the run's length changes nothing"
+    _, history = _run(fit(_Settling(), scalar_problem()[1], sampler, device=torch.device("cpu"), lr=0.1,
+                          batch_size=2, seed=0, steps=1000, max_steps=120, cap_floor=0.25))
+    assert history["steps"] == 250 and history["capped"], "the cap never cuts below its floor's share of the run"

@@ -192,8 +192,11 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
         seed: int | None = None, should_stop: Callable[[], bool] | None = None,
         preview: Callable[[nn.Module], np.ndarray | None] | None = None, preview_every: float = 2.0,
         n_validations: int = 20, report_every: float = 0.5, fold_channels: bool = False, val_repeats: int = 4,
-        final_margin: float = 0.01, precision: str = "auto") -> Generator[TrainProgress, None, tuple[nn.Module, dict]]:
-    """Train ``net`` with ``method``'s loss; exactly one of ``steps`` and ``seconds`` sets the length.
+        final_margin: float = 0.01, precision: str = "auto", max_steps: int | None = None,
+        cap_floor: float = 0.0) -> Generator[TrainProgress, None, tuple[nn.Module, dict]]:
+    """Train ``net`` with ``method``'s loss; exactly one of ``steps`` and ``seconds`` sets the length, and
+    ``max_steps`` caps it, though never below ``cap_floor`` of that length (the schedule then fits the shorter
+    length; ``history["capped"]`` says the cap ended the run).
 
     ``precision`` chooses mixed precision (:func:`n2x.device.autocast_dtype`: ``"auto"``, ``"float32"`` or
     ``"bfloat16"``). ``fold_channels`` trains a single-channel network on every channel of multichannel patches (channels
@@ -213,6 +216,9 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
                      "lr": [], "precision": precision_name(amp)}
     if method.deterministic_loss:
         val_repeats = 1
+    capped = max_steps is not None and (steps is None or max(max_steps, cap_floor * steps) < steps)
+    if steps is not None and max_steps is not None:
+        steps, max_steps = min(steps, max(max_steps, math.ceil(cap_floor * steps))), None
     if steps is not None:  # a validation every few steps at least, not every step of a short run
         n_validations = max(1, min(n_validations, steps // 5))
     best_state, best_val, best_step, best_lr, worse_in_a_row = None, math.inf, 0, lr, 0
@@ -226,7 +232,13 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
 
     def fraction() -> float:
         # Wall-clock, validation and previews included: "3 minutes" means 3 minutes.
-        return step / steps if steps is not None else min(1.0, (time.perf_counter() - t0) / seconds)
+        if steps is not None:
+            return step / steps
+        by_time = (time.perf_counter() - t0) / seconds
+        if not max_steps:
+            return min(1.0, by_time)
+        # ends at the cap once the floor's time has passed; continuous and rising, so the schedule follows it
+        return min(1.0, max(by_time, min(step / max_steps, by_time / cap_floor if cap_floor > 0 else math.inf)))
 
     def validate() -> float:
         net.eval()
@@ -345,6 +357,9 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
     history["train_seconds"] = round(time.perf_counter() - t0, 3)
     history["step_seconds"] = round(t_train, 3)
     history["stopped"] = stopped
+    # ended by the cap, not by the time, the user or a rewind
+    history["capped"] = bool(capped and not stopped and "rewound_at" not in history
+                             and (steps is not None or (step >= max_steps and time.perf_counter() - t0 < seconds)))
     history["clipped_steps"] = spike_clip.clipped if spike_clip is not None else 0
     history["patches_per_second"] = step * batch_size / max(history["train_seconds"], 1e-9)
     net.eval()

@@ -5,13 +5,15 @@ its best weights, anneals from there and stops (:class:`n2x.training.RewindAnnea
 image ends after about 30 s. Networks trained with other seeds make errors that differ from seed to seed (the same
 settings scattered by 0.5-0.7 dB there), and the mean of their predictions keeps what they agree on: 5 members gained
 0.5-0.7 dB over the mean of their single PSNRs (camera 100 x 100 crop, G25, two noise draws), 2 members most of it.
-So, after a run that rewound, further members train while the budget left is at least what the first one took, up to
-:data:`MAX_MEMBERS` (inference costs one pass per member). A run that did not memorise is left as it is.
+So, after a run that rewound, or that reached the method's cap on passes over the data
+(:attr:`~n2x.methods.base.Method.max_epochs_per_network`: one image holds a limited amount to learn, and past it a
+network memorises), further members train while the budget left is at least half what the first one took, up to
+:data:`MAX_MEMBERS` (inference costs one pass per member). A run that ended with its budget is left as it is.
 
 The members are not all equal: a full-size image whose held-out loss wavered at the peak learning rate can rewind
 early, to an undertrained network, and the next member then trains on the rest of the budget (moon/G25, 3000 steps:
-the first network 31 dB, the second 36.2, their mean 35.0). So the model keeps the members whose averaged
-prediction fits the held-out pixels best (:func:`choose_members`).
+the first network 31 dB, the second 36.2, their mean 35.0). So a member joins the average only where the held-out
+pixels do not show that it makes it worse (:func:`choose_members`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ from ..training import TrainProgress
 
 #: the most networks one model averages (inference costs one pass of each)
 MAX_MEMBERS = 4
+#: a further member trains only on at least this share of what the first one took: a shorter one would be too
+#: undertrained to count (:func:`choose_members` drops a member that does not help the average anyway)
+MIN_MEMBER_SHARE = 0.5
+#: a member that makes the average's held-out error worse by more than this many standard errors is left out
+WORSE_BY = 2.0
 
 #: ``(index, steps left or None, seconds left or None) -> fit generator`` of a new member
 MemberTrainer = Callable[[int, "int | None", "float | None"], Generator[TrainProgress, None, tuple[nn.Module, dict]]]
@@ -79,34 +86,42 @@ def fit_members(first: Generator[TrainProgress, None, tuple[nn.Module, dict]], t
 
 
 def choose_members(predictions: list[tuple[np.ndarray, np.ndarray]]) -> list[int]:
-    """The indices (ascending) of the members to average: of the ``k`` members whose own held-out predictions
-    ``(prediction, noisy value)`` are closest to the noisy values, the ``k`` whose mean prediction is closest.
+    """The indices (ascending) of the members to average, from their held-out predictions ``(prediction, noisy
+    value)``: ranked by how close each one's own is to the noisy values, members join the average one by one until
+    one makes it clearly worse, by more than :data:`WORSE_BY` standard errors of the change.
 
     Each prediction is blind to its pixel, so its mean squared difference from the noisy values is its error against
     the clean image plus the noise variance, the same for every candidate: the comparison is unbiased, for any
-    zero-mean noise independent from pixel to pixel."""
+    zero-mean noise independent from pixel to pixel. A member joins unless the held-out pixels show that it hurts:
+    the average of members about as good as each other is never much worse than they are (its squared error is at
+    most the mean of theirs), and the held-out pixels measure a small gain only roughly (moon/G25: about two
+    standard errors for +0.3 dB)."""
     noisy = predictions[0][1].astype(np.float64)
     own = [float(np.mean((p.astype(np.float64) - noisy) ** 2)) for p, _ in predictions]
-    order = list(np.argsort(own, kind="stable"))
-    total = np.zeros_like(noisy)
-    best_k, best_error = 1, np.inf
-    for k, i in enumerate(order, start=1):
-        total += predictions[i][0]
-        error = float(np.mean((total / k - noisy) ** 2))
-        if error < best_error:
-            best_k, best_error = k, error
-    return sorted(int(i) for i in order[:best_k])
+    order = [int(i) for i in np.argsort(own, kind="stable")]
+    kept, total = [order[0]], predictions[order[0]][0].astype(np.float64)
+    error = (total - noisy) ** 2
+    for i in order[1:]:
+        candidate = (total + predictions[i][0]) / (len(kept) + 1)
+        change = (candidate - noisy) ** 2 - error
+        if change.mean() > WORSE_BY * change.std() / np.sqrt(change.size):
+            break
+        kept.append(i)
+        total, error = total + predictions[i][0], (candidate - noisy) ** 2
+    return sorted(kept)
 
 
 def wants_another(histories: list[dict], steps_left: int | None, seconds_left: float | None) -> bool:
-    """Whether to train another member: the first one memorised (rewound), none was stopped by the user, fewer
-    than :data:`MAX_MEMBERS` exist, and the budget left is at least what the first member took."""
+    """Whether to train another member: the first one memorised (rewound) or reached the method's cap on passes
+    over the data (``capped``), none was stopped by the user, fewer than :data:`MAX_MEMBERS` exist, and the budget
+    left is at least :data:`MIN_MEMBER_SHARE` of what the first member took."""
     first = histories[0]
-    if not first.get("rewound_at") or any(h.get("stopped") for h in histories) or len(histories) >= MAX_MEMBERS:
+    ended_early = first.get("rewound_at") or first.get("capped")
+    if not ended_early or any(h.get("stopped") for h in histories) or len(histories) >= MAX_MEMBERS:
         return False
     if steps_left is not None:
-        return steps_left >= first["steps"]
-    return seconds_left is not None and seconds_left >= first["train_seconds"]
+        return steps_left >= MIN_MEMBER_SHARE * first["steps"]
+    return seconds_left is not None and seconds_left >= MIN_MEMBER_SHARE * first["train_seconds"]
 
 
 def merge_histories(histories: list[dict], seconds: float, kept: list[int] | None = None) -> dict:
@@ -124,7 +139,7 @@ def merge_histories(histories: list[dict], seconds: float, kept: list[int] | Non
         for key in ("loss", "val_loss", "lr"):
             merged[key] += list(h[key])
         summary.append({**{k: h.get(k) for k in ("steps", "best_step", "best_val_loss", "rewound_at", "rewound_to",
-                                                 "train_seconds")}, "kept": len(summary) in kept})
+                                                 "capped", "train_seconds")}, "kept": len(summary) in kept})
         steps += h["steps"]
         t += h["train_seconds"]
     first = histories[0]
@@ -132,7 +147,7 @@ def merge_histories(histories: list[dict], seconds: float, kept: list[int] | Non
     merged.update(
         precision=first.get("precision"), members=summary, steps=steps, best_step=first["best_step"],
         best_val_loss=float(np.mean(bests)) if bests else None, rewound_at=first.get("rewound_at"),
-        rewound_to=first.get("rewound_to"), train_seconds=round(seconds, 3),
+        rewound_to=first.get("rewound_to"), capped=first.get("capped"), train_seconds=round(seconds, 3),
         step_seconds=round(sum(h["step_seconds"] for h in histories), 3),
         clipped_steps=sum(h.get("clipped_steps", 0) for h in histories),
         patches_per_second=float(np.mean([h["patches_per_second"] for h in histories])))

@@ -132,7 +132,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"n2x: stopped early: the held-out loss rose after step {h['rewound_to']} (memorising the image), so "
                   f"training went back there at step {h['rewound_at']} and annealed from it"
                   + (f"; the budget left trained {n - 1} more network(s) from other seeds, and the model averages the "
-                     f"{kept} whose mean predicts the held-out pixels best (denoising runs each)" if kept > 1 else
+                     f"{kept} that do not make its error on the held-out pixels worse (denoising runs each)"
+                     if kept > 1 else
                      f"; the budget left trained {n - 1} more network(s) from other seeds, and the model keeps the one "
                      "that predicts the held-out pixels best" if n > 1 else ""))
+        elif h.get("capped") and n > 1:
+            print(f"n2x: one network learns what it can from these data in {members[0]['steps']} steps (then it "
+                  f"memorises the noise); the budget left trained {n - 1} more from other seeds, and the model "
+                  f"averages the {kept} that do not make its error on the held-out pixels worse (denoising runs each)")
     return 0

@@ -56,6 +56,9 @@ class Method:
     #: further networks (:mod:`n2x.api._members`), so the method's :meth:`predict` must average the members of a
     #: :class:`~n2x.nets.ensemble.NetworkEnsemble`
     rewinds_when_memorising: ClassVar[bool] = False
+    #: passes over the training pixels one network trains at most (None: no cap); with
+    #: :attr:`rewinds_when_memorising`, the budget beyond trains further networks (:mod:`n2x.api._members`)
+    max_epochs_per_network: ClassVar[float | None] = None
 
     def __init__(self, **params: Any):
         self.params = dict(params)

@@ -90,6 +90,9 @@ class ShiftedBSN(nn.Module):
         self.register_buffer("noise_gain", torch.zeros(c))
         self.register_buffer("noise_floor", torch.zeros(c))
         self.register_buffer("noise_initialised", torch.zeros((), dtype=torch.bool))
+        #: added to the prior mean, per channel, normalised units: the offset left by training, measured after it
+        #: (:meth:`n2x.methods.bsn.BlindSpotAllPixels.calibrate`)
+        self.register_buffer("mean_offset", torch.zeros(c))
 
     def set_noise_var(self, var: torch.Tensor, gain: torch.Tensor | None = None,
                       floor: torch.Tensor | None = None) -> None:
@@ -106,6 +109,8 @@ class ShiftedBSN(nn.Module):
         if prefix + "noise_var" in state_dict and prefix + "noise_gain" not in state_dict:
             state_dict[prefix + "noise_gain"] = torch.zeros_like(state_dict[prefix + "noise_var"])
             state_dict[prefix + "noise_floor"] = state_dict[prefix + "noise_var"].clone()
+        if prefix + "noise_var" in state_dict and prefix + "mean_offset" not in state_dict:  # before the offset
+            state_dict[prefix + "mean_offset"] = torch.zeros_like(state_dict[prefix + "noise_var"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def to(self, *args, **kwargs):  # noqa: D102
