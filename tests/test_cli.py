@@ -59,3 +59,19 @@ def test_demo_reports_psnr_gain(tmp_path):
     gain = float(line.split("gain")[1].split("dB")[0])
     assert gain > 1.0
     assert (tmp_path / "sample_model.n2x").exists()
+
+
+def test_bsn_past_its_passes_over_a_small_image_trains_more_networks(tmp_path):
+    # 128 x 128: a 40 x 40 patch, 4 per step, so 150 passes are 413 steps; 1000 steps train a second network
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:128, :128]
+    clean = 0.5 + 0.3 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    src = tmp_path / "small.tif"
+    tifffile.imwrite(src, (clean + 0.1 * rng.normal(size=clean.shape)).astype(np.float32))
+    model = tmp_path / "small.n2x"
+    proc = run("train", src, "--method", "bsn", "--axes", "YX", "--steps", "1000", "--device", "cpu",
+               "--seed", "0", "-o", model)
+    assert "one network learns what it can from these data in 413 steps" in proc.stdout
+    assert "of 2 networks kept" in proc.stdout
+    info = run("info", model)
+    assert '"mean_offset"' in info.stdout, "the prior mean's offset is measured after training and recorded"

@@ -139,5 +139,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif h.get("capped") and n > 1:
             print(f"n2x: one network learns what it can from these data in {members[0]['steps']} steps (then it "
                   f"memorises the noise); the budget left trained {n - 1} more from other seeds, and the model "
-                  f"averages the {kept} that do not make its error on the held-out pixels worse (denoising runs each)")
+                  + (f"averages the {kept} that do not make its error on the held-out pixels worse (denoising runs "
+                     "each)" if kept > 1 else "keeps the one that predicts the held-out pixels best"))
     return 0
