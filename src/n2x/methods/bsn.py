@@ -242,15 +242,9 @@ class BlindSpotAllPixels(Method):
         favour the networks that copy it."""
         if val_patches is None or len(val_patches) < 2:
             return None
-        x, held = (torch.from_numpy(np.ascontiguousarray(v, np.float32)) for v in (val_patches[0], val_patches[-1]))
-        if fold_channels:
-            x, held = (t.reshape((-1, 1) + tuple(t.shape[2:])) for t in (x, held))
-        layout = memory_format(x.ndim - 2)
-        with torch.no_grad():
-            mu = torch.cat([prior_and_noise(net, xi.to(device).contiguous(memory_format=layout))[0].cpu()
-                            for xi in x.split(16)])
-        mask = held > 0
-        return mu[mask].numpy(), x[mask].numpy()
+        x, mu = prior_means(net, val_patches[0], device, fold_channels)
+        held = _as_network_input(val_patches[-1], fold_channels) > 0
+        return mu[held].numpy(), x[held].numpy()
 
     def calibrate(self, net: nn.Module, val_patches: tuple | None, scale: list[float], device: torch.device,
                   fold_channels: bool) -> None:
@@ -295,17 +289,29 @@ def measure_mean_offset(net: nn.Module, patches: np.ndarray, device: torch.devic
     the clean image, to within ``sigma / sqrt(pixels)``. Training leaves one: late in a run, the learning rate is
     too small to undo the shift a step at its peak made (moon/PG, 180 s: -0.0041 and +0.0007 on a [0, 1] scale for
     two seeds; corrected, the prior mean went from 34.64 to 34.85 dB and from 35.24 to 35.25)."""
-    x = torch.from_numpy(np.ascontiguousarray(patches, np.float32))
-    if fold_channels:
-        x = x.reshape((-1, 1) + tuple(x.shape[2:]))
-    layout = memory_format(x.ndim - 2)
     with torch.no_grad():
         net.mean_offset.zero_()
-        sums = torch.zeros(x.shape[1], dtype=torch.float64)
-        for xi in x.split(16):
-            mu = prior_and_noise(net, xi.to(device).contiguous(memory_format=layout))[0].cpu()
-            sums += (xi - mu).double().transpose(0, 1).reshape(x.shape[1], -1).sum(1)
-        net.mean_offset.copy_((sums / (x.numel() / x.shape[1])).float())
+        x, mu = prior_means(net, patches, device, fold_channels)
+        residual = (x - mu).double().transpose(0, 1).reshape(x.shape[1], -1)
+        net.mean_offset.copy_(residual.mean(1).float())
+
+
+def prior_means(net: nn.Module, patches: np.ndarray, device: torch.device, fold_channels: bool,
+                batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, mu)`` on the CPU: ``patches`` ``(N, C, ...)`` as the network takes them (independent channels folded
+    into N with ``fold_channels``) and the prior mean of ``net`` for each, computed ``batch`` patches at a time."""
+    x = _as_network_input(patches, fold_channels)
+    layout = memory_format(x.ndim - 2)
+    with torch.no_grad():
+        mu = torch.cat([prior_and_noise(net, xi.to(device).contiguous(memory_format=layout))[0].cpu()
+                        for xi in x.split(batch)])
+    return x, mu
+
+
+def _as_network_input(patches: np.ndarray, fold_channels: bool) -> torch.Tensor:
+    """``patches`` ``(N, C, ...)`` as a float32 tensor, with independent channels folded into N."""
+    x = torch.from_numpy(np.ascontiguousarray(patches, np.float32))
+    return x.reshape((-1, 1) + tuple(x.shape[2:])) if fold_channels else x
 
 
 def posterior_mean(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
