@@ -28,12 +28,10 @@ from ..training import TrainProgress, fit, import_optimiser_support
 
 from ._auto import (MethodChoice, choose_method, fit_vst_normalization, noise_config, photon_noise_wanted,
                     probe_quietly, resolve_vst)
+from ._calibration import calibration_patches, context_windows, predict_in_context
 from ._members import MAX_MEMBERS, fit_members
 from ._options import (DEFAULT_BATCH, DEFAULT_PATCH, DEFAULT_SECONDS, LEARNING_RATE,  # noqa: F401
                        MAX_DEFAULT_BATCH, MAX_MEMORY, PREVIEW_EVERY, TRAIN_OPTIONS, VAL_FRACTION)
-
-#: the seed of the training patches drawn for calibration (:func:`_calibration_patches`)
-CALIBRATION_SEED = 4242
 
 
 def _as_list(images: Any) -> list:
@@ -244,9 +242,12 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
                                 preview=run_preview if preview is not None else None,
                                 held_out=partial(meth.held_out_predictions, val_patches=sampler.val_patches,
                                                  device=dev, fold_channels=channels == "independent"))
+    fold = channels == "independent"
+    in_context = partial(predict_in_context, meth, windows=context_windows(sampler, meth.halo(net)), device=dev,
+                         fold_channels=fold, halo=meth.halo(net), multiple=meth.multiple(net))
     return _finish(steps_gen, meth, config, dev,
-                   partial(meth.calibrate, val_patches=_calibration_patches(sampler, meth, patch), scale=norm.scale,
-                           device=dev, fold_channels=channels == "independent"))
+                   partial(meth.calibrate, val_patches=calibration_patches(sampler, meth, patch), scale=norm.scale,
+                           device=dev, fold_channels=fold, in_context=in_context))
 
 
 def _network_steps_cap(meth: Any, sampler: Any, batch_size: int) -> int | None:
@@ -258,16 +259,6 @@ def _network_steps_cap(meth: Any, sampler: Any, batch_size: int) -> int | None:
     if meth.max_epochs_per_network is None:
         return None
     return max(1, math.ceil(meth.max_epochs_per_network * sampler.patches_per_epoch() / batch_size))
-
-
-def _calibration_patches(sampler: Any, meth: Any, patch: tuple[int, ...]) -> tuple | None:
-    """The held-out patches, then :attr:`~n2x.methods.base.Method.calibration_pixels` pixels of training patches
-    (a fixed draw, so that a run's calibration is repeatable)."""
-    held_out = sampler.val_patches
-    if not meth.calibration_pixels:
-        return held_out
-    drawn = sampler.sample(max(1, meth.calibration_pixels // int(np.prod(patch))), seed=CALIBRATION_SEED)
-    return drawn if held_out is None else tuple(np.concatenate(pair) for pair in zip(held_out, drawn))
 
 
 def _resolve_method(images: list, axes: str | None, method: str | MethodChoice, options: dict[str, Any],

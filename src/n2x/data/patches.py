@@ -299,6 +299,13 @@ class PatchSampler:
         flips or rotations, drawn from their own ``seed``: the training's random stream is left as it was."""
         return self._draw(n, np.random.default_rng(seed), augment=False)
 
+    def held_regions(self) -> tuple[list[np.ndarray], bool]:
+        """The first stack of each training region held now, normalised ``(C, *spatial)``, and whether these are
+        whole samples (their edges the image's) rather than regions of a larger image read lazily."""
+        with self._lock:
+            regions = [blocks[0] for blocks in self._regions]
+        return regions, self.in_memory and all(sp.val_region is None for sp in self.splits)
+
     def batch(self, n: int) -> tuple[np.ndarray, ...]:
         """``n`` augmented patches per stack, each ``(n, C, *patch)`` float32, normalised."""
         if not self.in_memory:

@@ -41,7 +41,7 @@ from torch import nn
 from ..errors import N2xError, N2xWarning, OptionError
 from ..options import AUTO, Option
 from .apbsn_designs import DESIGNS, FALLBACK_STRIDE, Design
-from .base import Method
+from .base import InContext, Method
 
 LOSSES = ("l2", "l1")
 #: the largest blind box radius the probe may set (its correlation profile is measured up to this lag)
@@ -186,7 +186,7 @@ class APBSN(Method):
         self.strategy.settle(report, length)
 
     def calibrate(self, net: nn.Module, val_patches: tuple[np.ndarray, ...] | None, scale: list[float],
-                  device: torch.device, fold_channels: bool) -> None:
+                  device: torch.device, fold_channels: bool, in_context: InContext | None = None) -> None:
         """Blind-box design: fit the filter of the box's residuals on the held-out patches ``(N, C, Y, X)``
         (normalised; ``scale``: the normalisation's scale per channel; ``fold_channels``: the network takes one
         channel at a time). The pixel-shuffle design has nothing to fit."""

@@ -1,7 +1,7 @@
 """What a denoising method is to the engine: a network, a training loss on patches, and tile inference."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -10,6 +10,10 @@ from torch import nn
 from .._numbers import round_up
 from ..nets import build_network
 from ..options import Option
+
+#: ``net -> (noisy, prediction)`` at pixels predicted as inference predicts them, ``(C, N)`` each, or None
+#: (:meth:`Method.calibrate`)
+InContext = Callable[[nn.Module], "tuple[np.ndarray, np.ndarray] | None"]
 
 
 class Method:
@@ -127,10 +131,18 @@ class Method:
     calibration_pixels = 0
 
     def calibrate(self, net: nn.Module, val_patches: tuple | None, scale: list[float], device: torch.device,
-                  fold_channels: bool) -> None:
+                  fold_channels: bool, in_context: InContext | None = None) -> None:
         """After training: fit anything of the method's inference to the trained ``net`` (e.g. AP-BSN's filter of
         the blind box), from the held-out normalised patches ``val_patches`` (None without a validation split),
-        followed by about :attr:`calibration_pixels` pixels of training patches."""
+        followed by about :attr:`calibration_pixels` pixels of training patches. ``in_context(net)`` gives
+        :meth:`blind_prediction` as inference makes it, each pixel with its whole receptive field, and the noisy
+        values there (``(C, N)`` each, normalised), or None where the data allow no such measurement."""
+
+    def blind_prediction(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """What ``net`` predicts for each pixel of the tile ``x`` ``(B, C, ...)`` from its surroundings alone, with
+        :meth:`predict`'s flips and rotations (normalised; a blind-spot method's prior mean), or None where the
+        method has no such prediction."""
+        return None
 
     def held_out_predictions(self, net: nn.Module, val_patches: tuple | None, device: torch.device,
                              fold_channels: bool) -> tuple[np.ndarray, np.ndarray] | None:
