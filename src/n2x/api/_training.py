@@ -242,9 +242,9 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
                                 preview=run_preview if preview is not None else None,
                                 held_out=partial(meth.held_out_predictions, val_patches=sampler.val_patches,
                                                  device=dev, fold_channels=channels == "independent"))
-    fold = channels == "independent"
-    in_context = partial(predict_in_context, meth, windows=context_windows(sampler, meth.halo(net)), device=dev,
-                         fold_channels=fold, halo=meth.halo(net), multiple=meth.multiple(net))
+    fold, halo = channels == "independent", meth.halo(net)
+    in_context = partial(predict_in_context, meth, windows=context_windows(sampler, halo), device=dev,
+                         fold_channels=fold, halo=halo, multiple=meth.multiple(net))
     return _finish(steps_gen, meth, config, dev,
                    partial(meth.calibrate, val_patches=calibration_patches(sampler, meth, patch), scale=norm.scale,
                            device=dev, fold_channels=fold, in_context=in_context))
