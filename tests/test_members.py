@@ -88,7 +88,7 @@ def test_a_network_the_user_stopped_part_way_is_left_out():
 def test_only_a_run_that_memorised_trains_more():
     first = {"steps": 500, "train_seconds": 30.0, "rewound_at": 400}
     assert wants_another([first], None, 150.0) and wants_another([first], 600, None)
-    assert wants_another([first], None, 15.0) and not wants_another([first], None, 14.0), "half what the first took"
+    assert wants_another([first], None, 7.5) and not wants_another([first], None, 7.0), "a quarter of the first's time"
     assert wants_another([{**first, "rewound_at": None, "capped": True}], None, 150.0), "the first reached its cap"
     assert not wants_another([{**first, "rewound_at": None}], None, 150.0), "a run that did not memorise"
     assert not wants_another([first, {**first, "stopped": True}], None, 150.0), "the user stopped it"
