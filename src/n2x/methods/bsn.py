@@ -49,6 +49,7 @@ from ..nets.dihedral import dihedral_mean
 from ..nets.ensemble import members_of
 from ..options import Option
 from .base import InContext, Method
+from .prior_offset import clear_offset, offset_curve, set_offset
 
 #: the smallest prior variance (normalised units): keeps the likelihood finite where the prior is certain
 MIN_PRIOR_VAR = 1e-6
@@ -252,20 +253,18 @@ class BlindSpotAllPixels(Method):
 
     def calibrate(self, net: nn.Module, val_patches: tuple | None, scale: list[float], device: torch.device,
                   fold_channels: bool, in_context: InContext | None = None) -> None:
-        """Correct each network's prior mean by the mean of its residual, and record the noise standard deviation
-        (normalised units, per network channel). The residual is measured on the prior mean as inference makes it
-        (``in_context``): trained on patches, a network's offset depends on how much of its receptive field the
-        input holds (moon/PG, 180 s: -0.002 on 64 x 64 patches, +0.016 on 128 x 128 tiles, +0.027 on the whole
-        image, normalised), so the held-out and training patches (:func:`measure_mean_offset`) are only the
-        fallback where no such regions exist."""
+        """Correct each network's prior mean by its offset, a constant and a curve in the prior mean
+        (:mod:`.prior_offset`), and record the noise standard deviation (normalised units, per network channel).
+        The residual is measured on the prior mean as inference makes it (``in_context``): trained on patches, a
+        network's offset depends on how much of its receptive field the input holds (moon/PG, 180 s: -0.002 on
+        64 x 64 patches, +0.016 on 128 x 128 tiles, +0.027 on the whole image, normalised), so the held-out and
+        training patches (:func:`measure_mean_offset`) are only the fallback where no such regions exist."""
         if val_patches is not None or in_context is not None:
             for member in members_of(net):
+                clear_offset(member)
                 measured = in_context(member) if in_context is not None else None
                 if measured is not None:
-                    noisy, mu = measured
-                    residual = (noisy.astype(np.float64) - mu).mean(axis=1)
-                    member.mean_offset.add_(torch.as_tensor(residual, dtype=torch.float32,
-                                                            device=member.mean_offset.device))
+                    set_offset(member, *measured)
                 elif val_patches is not None:
                     measure_mean_offset(member, val_patches[0], device, fold_channels)
             self.params["mean_offset"] = [round(float(v), 6) for v in members_of(net)[0].mean_offset.cpu()]
@@ -287,6 +286,8 @@ def prior_and_noise(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
                        f"it must give {2 * c} (a mean and a variance each)")
     shape = (1, c) + (1,) * (x.ndim - 2)
     mu, raw = out[:, :c] + net.mean_offset.float().reshape(shape), out[:, c:]
+    if not net.training:  # measured after training (zero until then), and not worth its cost in every step
+        mu = mu + offset_curve(out[:, :c], net.offset_knots, net.offset_values)
     prior_var = F.softplus(raw) + MIN_PRIOR_VAR
     # Photon noise grows with the signal, which the prior mean stands for (Laine et al.'s Poisson-Gaussian variant).
     # A plug-in, without a gradient: through it the likelihood pulls the mean to where the noise is weaker (the
@@ -298,16 +299,16 @@ def prior_and_noise(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def measure_mean_offset(net: nn.Module, patches: np.ndarray, device: torch.device, fold_channels: bool) -> None:
-    """Set ``net.mean_offset`` to the mean of ``y - mu`` per channel over ``patches`` ``(N, C, ...)`` (normalised).
+    """Set the offset of ``net``'s prior mean (``mean_offset`` and the curve of :mod:`.prior_offset`) from
+    ``y - mu`` per channel over ``patches`` ``(N, C, ...)`` (normalised).
 
-    The noise has zero mean and the prior mean is blind to its pixel, so that mean is the prior mean's offset from
-    the clean image, to within ``sigma / sqrt(pixels)``: on these patches, with the context they give. The fallback
-    of :meth:`BlindSpotAllPixels.calibrate`, which measures it as inference predicts where it can."""
-    with torch.no_grad():
-        net.mean_offset.zero_()
-        x, mu = prior_means(net, patches, device, fold_channels)
-        residual = (x - mu).double().transpose(0, 1).reshape(x.shape[1], -1)
-        net.mean_offset.copy_(residual.mean(1).float())
+    The noise has zero mean and the prior mean is blind to its pixel, so the mean of ``y - mu`` is the prior mean's
+    offset from the clean image, to within ``sigma / sqrt(pixels)``: on these patches, with the context they give.
+    The fallback of :meth:`BlindSpotAllPixels.calibrate`, which measures it as inference predicts where it can."""
+    clear_offset(net)
+    x, mu = prior_means(net, patches, device, fold_channels)
+    c = x.shape[1]
+    set_offset(net, x.transpose(0, 1).reshape(c, -1).numpy(), mu.transpose(0, 1).reshape(c, -1).numpy())
 
 
 def prior_means(net: nn.Module, patches: np.ndarray, device: torch.device, fold_channels: bool,
