@@ -12,8 +12,8 @@ and ``mu`` is blind to its own pixel, so ``E[y - mu | mu] = E[x - mu | mu]`` (``
 noisy residual over the pixels whose prediction is about ``mu`` is the prediction's mean error there. The pixels are
 grouped by ``mu`` into equal groups (:func:`fit_offset_curve`), and the correction is the curve through each group's
 mean ``mu`` and mean residual, linear in between and flat beyond the ends (:func:`offset_curve`). It is the
-regression of the clean value on the prediction, fitted on the noisy image: ``mu + b(mu)`` is the best function of
-``mu`` alone, so it can only lower the expected error. Each group's mean carries the noise's error, which the output
+regression of the clean value on the prediction, fitted on the noisy image: ``mu + b(mu)`` approximates
+``E[x | mu]``, the best estimate from ``mu`` alone. Each group's mean carries the noise's error, which the output
 inherits: ``K / N`` of the noise variance over ``N`` pixels and ``K`` groups, so there are at least
 :data:`PIXELS_PER_KNOT` pixels per group.
 """
