@@ -29,15 +29,15 @@ from ..nets.shifted_bsn import OFFSET_KNOTS
 PIXELS_PER_KNOT = 4096
 
 
-def fit_offset_curve(residual: np.ndarray, mu: np.ndarray, knots: int = OFFSET_KNOTS) -> tuple[np.ndarray, np.ndarray]:
+def fit_offset_curve(residual: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(knots, values)``, each ``(C, OFFSET_KNOTS)`` float32: per channel, the mean prior mean ``mu`` and the mean
     ``residual`` (``y - mu``, normalised units) of equal groups of pixels sorted by ``mu`` (``(C, N)`` arrays).
 
-    At most ``knots`` groups and at least :data:`PIXELS_PER_KNOT` pixels per group (one group: the mean offset).
+    At most :data:`~n2x.nets.shifted_bsn.OFFSET_KNOTS` groups and at least :data:`PIXELS_PER_KNOT` pixels per group (one group: the mean offset).
     Groups of one value of ``mu`` (a flat, saturated region) merge, so the knots rise strictly.
     """
     mu, residual = np.asarray(mu, np.float64), np.asarray(residual, np.float64)
-    groups = int(np.clip(mu.shape[1] // PIXELS_PER_KNOT, 1, min(knots, OFFSET_KNOTS)))
+    groups = int(np.clip(mu.shape[1] // PIXELS_PER_KNOT, 1, OFFSET_KNOTS))
     out_k = np.zeros((mu.shape[0], OFFSET_KNOTS), np.float32)
     out_v = np.zeros_like(out_k)
     for c in range(mu.shape[0]):
