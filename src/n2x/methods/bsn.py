@@ -50,6 +50,7 @@ from ..nets.ensemble import members_of
 from ..options import Option
 from .base import InContext, Method
 from .prior_offset import clear_offset, offset_curve, set_offset
+from .robust_noise import robust_noise_line, robust_noise_var
 
 #: the smallest prior variance (normalised units): keeps the likelihood finite where the prior is certain
 MIN_PRIOR_VAR = 1e-6
@@ -80,8 +81,6 @@ MAX_EPOCHS_PER_NETWORK = 150
 #: all but 0.02-0.03 dB of 8 at a quarter of the time (180 s models: camera/G25 29.59 against 29.61, coins/PG 26.41
 #: against 26.43, the dev volume/PG 35.36 against 35.39 in 12 s instead of 52 s); 1 lost 0.1-0.2 dB
 ENSEMBLE = 2
-#: intensity groups the photon-noise line is fitted through (:func:`robust_noise_line`)
-NOISE_LINE_BINS = 16
 #: the negative slope of the head's activations (Laine et al.'s leaky ReLU slope)
 HEAD_LEAK = 0.1
 #: a step's gradient norm is clipped at this many times the recent median (:class:`n2x.training.GradientSpikeClip`).
@@ -337,53 +336,3 @@ def posterior_mean(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([posterior_mean(m, x) for m in members]).mean(0)
     mu, prior_var, noise_var = prior_and_noise(net, x)
     return mu + prior_var / (prior_var + noise_var) * (x.float() - mu)
-
-
-def robust_noise_var(x: torch.Tensor) -> torch.Tensor:
-    """A robust estimate of the white-noise variance per channel of ``x`` ``(B, C, ..., Y, X)``: Immerkaer's
-    (1996) 3 x 3 operator, which cancels planes and smooth curvature of the image, applied to every YX plane; its
-    noise part has 36 times the noise variance, and the median of its absolute value ignores the few large responses
-    at edges. Within 3% of the truth on camera, coins and moon with G25 noise."""
-    return torch.stack([_robust_variance(_immerkaer(p)) for p in _yx_planes(x)])
-
-
-def _yx_planes(x: torch.Tensor) -> list[torch.Tensor]:
-    """Per channel of ``x`` ``(B, C, ..., Y, X)``: its YX planes as one ``(N, 1, Y, X)`` float32 batch."""
-    return list(x.float().transpose(0, 1).reshape(x.shape[1], -1, 1, *x.shape[-2:]))
-
-
-def _immerkaer(planes: torch.Tensor) -> torch.Tensor:
-    """Immerkaer's 3 x 3 operator on ``planes`` ``(N, 1, Y, X)`` (valid part): planes and smooth curvature cancel,
-    white noise comes out with 36 times its variance."""
-    kernel = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=planes.device)
-    return F.conv2d(planes, kernel[None, None])
-
-
-def _robust_variance(response: torch.Tensor) -> torch.Tensor:
-    """The white-noise variance behind Immerkaer responses: the median of their absolute value, which ignores the
-    few large responses at edges, read as a Gaussian's (0.6745 sigma), over the operator's factor 6."""
-    return (response.abs().median() / 0.6745 / 6) ** 2
-
-
-def robust_noise_line(x: torch.Tensor, bins: int = NOISE_LINE_BINS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Photon noise: ``(var0, gain, floor)`` per channel of ``x`` ``(B, C, ..., Y, X)``, the noise variance as the line
-    ``var0 + gain * signal`` (``gain`` at least 0) and its floor. The pixels of each channel are split into ``bins``
-    equal groups by their 3 x 3 local mean (the signal); in each group the variance is read as in
-    :func:`robust_noise_var` (the median of Immerkaer's operator), and a line is fitted through the groups by least
-    squares on relative errors. The floor is half the smallest group's variance: photon noise never falls below
-    the read noise, and the line is not trusted beyond the darkest group."""
-    box = torch.full((1, 1, 3, 3), 1.0 / 9, device=x.device)
-    lines = []
-    for p in _yx_planes(x):
-        response, signal = _immerkaer(p).flatten(), F.conv2d(p, box).flatten()
-        groups = torch.tensor_split(torch.argsort(signal), bins)
-        means = torch.stack([signal[g].median() for g in groups]).double()
-        variances = torch.stack([_robust_variance(response[g]) for g in groups]).double()
-        # relative errors: a group's variance scatters in proportion to itself, and the dark end sets the floor
-        design = torch.stack([torch.ones_like(means), means], 1) / variances[:, None]
-        var0, gain = torch.linalg.lstsq(design, torch.ones_like(variances)[:, None]).solution[:, 0].tolist()
-        if gain <= 0:  # no photon noise in these data: one variance
-            var0, gain = float(variances.median()), 0.0
-        lines.append((var0, gain, 0.5 * float(variances.min())))
-    var0, gain, floor = (torch.tensor(v, dtype=torch.float32) for v in zip(*lines))
-    return var0, gain, floor
