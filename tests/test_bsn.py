@@ -205,6 +205,26 @@ def test_small_image_does_not_collapse():
     assert p_bsn > p_n2v - 1.0, (p_noisy, p_bsn, p_n2v)
 
 
+def test_input_noise_is_fresh_in_training_and_absent_in_validation():
+    """With ``input_noise`` the network sees in training the image plus noise of that many noise standard
+    deviations, a new draw at every step, and in validation the image itself; by default it sees the image."""
+    assert get_method("bsn").params["input_noise"] == 0.0
+    method = get_method("bsn", input_noise=1.0)
+    net = ShiftedBSN(features=4, dilations=(1,))
+    net.set_noise_var(torch.tensor([0.25]))
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    y = torch.randn(2, 1, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    for mode in (net.train, net.train, net.eval):
+        mode()
+        method.loss(net, (y,), generator)
+    first, second, validation = (x - y for x in seen)
+    assert float(first.std()) == pytest.approx(0.5, rel=0.05)  # one noise sigma: sqrt(0.25)
+    assert not torch.equal(first, second)
+    assert torch.equal(validation, torch.zeros_like(y))
+
+
 def test_3d_denoises_and_round_trips(tmp_path):
     noisy, clean, axes = noisy_sample("3d", "gaussian", seed=4)
     noisy, clean = noisy[:16, :64, :64], clean[:16, :64, :64]

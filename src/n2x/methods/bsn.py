@@ -81,6 +81,12 @@ MAX_EPOCHS_PER_NETWORK = 150
 #: all but 0.02-0.03 dB of 8 at a quarter of the time (180 s models: camera/G25 29.59 against 29.61, coins/PG 26.41
 #: against 26.43, the dev volume/PG 35.36 against 35.39 in 12 s instead of 52 s); 1 lost 0.1-0.2 dB
 ENSEMBLE = 2
+#: noise added to the network's input in training, in noise standard deviations (the ``input_noise`` option): off.
+#: A fresh draw at every step hides the unique noisy neighbourhoods a network memorises a small image by, and 1
+#: gained 0.37 dB on the camera 100 x 100 crop/G25 (180 s, 1 thread, seeds 0 and 1: 27.95 and 27.85 dB against
+#: 27.56 and 27.50; 0.5: 27.83, 27.50; 2: 27.26, 27.18), but lost 0.19 on the smooth moon crop and was within
+#: +-0.1 on four other small images (docs/methods.md); on camera/G25 (512 x 512) it lost 0.2 dB.
+INPUT_NOISE = 0.0
 #: the negative slope of the head's activations (Laine et al.'s leaky ReLU slope)
 HEAD_LEAK = 0.1
 #: a step's gradient norm is clipped at this many times the recent median (:class:`n2x.training.GradientSpikeClip`).
@@ -95,8 +101,9 @@ class BlindSpotAllPixels(Method):
 
     Options (:attr:`options`): ``ensemble`` (flips and 90-degree rotations averaged when denoising, default
     :data:`ENSEMBLE`), ``trunk`` (the in-plane network: ``unet``, Laine et al.'s shifted U-Net, ``dilated``, AP-BSN's
-    dilated half-plane convolutions, or ``auto``: :meth:`trunk_for`), ``z_context`` (3D: planes on each side of a
-    voxel's plane the network sees, default 2). Stored by training:
+    dilated half-plane convolutions, or ``auto``: :meth:`trunk_for`), ``input_noise`` (noise added to the network's
+    input in training, in noise standard deviations, default :data:`INPUT_NOISE`: off), ``z_context`` (3D: planes
+    on each side of a voxel's plane the network sees, default 2). Stored by training:
     ``noise_sigma`` (the measured noise standard deviation per channel, normalised units, for the record).
     """
 
@@ -112,12 +119,16 @@ class BlindSpotAllPixels(Method):
                "convolutions and poolings), dilated (AP-BSN's dilated half-plane convolutions at full resolution) "
                "or auto (unet on a 2D image of 192 px or more, else dilated); default auto", label="Trunk",
                choices=("auto", "unet", "dilated"), advanced=True),
+        Option("input_noise", "float", INPUT_NOISE, "training: fresh noise added to the network's input at "
+               "every step, in noise standard deviations; a regulariser against memorising a small, textured image "
+               f"(1 is the usual value; default {INPUT_NOISE}: off)", label="Input noise", range=(0.0, 4.0),
+               advanced=True),
         Option("z_context", "int", 2, "3D: planes on each side of a voxel's plane that the network sees (default "
                "2)", label="Z context", range=(0, 8), unit="planes", advanced=True),
     )
     internal = ("noise_sigma", "noise_model", "noise_gain", "mean_offset")
     initial_sample_pixels = NOISE_SAMPLE_PIXELS
-    #: the loss draws nothing at random, so the training loop validates with one draw, not several (with 4 patches
+    #: the loss draws nothing at random in validation, so the loop validates with one draw, not several (with 4 patches
     #: per step, 4 draws of the 64 held-out patches cost about as much as the steps of a short run)
     deterministic_loss = True
     gradient_spike_factor = GRADIENT_SPIKE_FACTOR
@@ -131,8 +142,10 @@ class BlindSpotAllPixels(Method):
     #: training pixels the offset of the prior mean is measured on, after the held-out ones (:meth:`calibrate`)
     calibration_pixels = NOISE_SAMPLE_PIXELS
 
-    def __init__(self, ensemble: int | None = None, trunk: str | None = None, z_context: int | None = None):
-        super().__init__(**self.settled("bsn", ensemble=ensemble, trunk=trunk, z_context=z_context))
+    def __init__(self, ensemble: int | None = None, trunk: str | None = None, input_noise: float | None = None,
+                 z_context: int | None = None):
+        super().__init__(**self.settled("bsn", ensemble=ensemble, trunk=trunk, input_noise=input_noise,
+                                        z_context=z_context))
         self._longest_axis: int | None = None  # of the smallest training image, set by prepare()
 
     def prepare(self, images: list, layouts: list) -> None:
@@ -207,7 +220,7 @@ class BlindSpotAllPixels(Method):
         y = patches[0]
         if net.training and not bool(net.noise_initialised):  # a loop that did not call initialise()
             net.set_noise_var(robust_noise_var(y))
-        mu, prior_var, noise_var = self._prior_and_noise(net, y)
+        mu, prior_var, noise_var = self._prior_and_noise(net, self._training_input(net, y, generator))
         var = prior_var + noise_var
         residual = y.float() - mu
         if net.training:
@@ -227,6 +240,18 @@ class BlindSpotAllPixels(Method):
         held_out = patches[-1].float()
         weight = 1.0 - held_out if net.training else held_out
         return (nll * weight).sum() / weight.sum().clamp_min(1.0)
+
+    def _training_input(self, net: nn.Module, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``y`` with fresh noise of ``input_noise`` noise standard deviations in training (the noise variance at
+        ``y``'s value, with photon noise), ``y`` itself in validation."""
+        amount = float(self.params["input_noise"]) if net.training else 0.0
+        if amount == 0.0:
+            return y
+        shape = (1, y.shape[1]) + (1,) * (y.ndim - 2)
+        var = torch.maximum(net.noise_var.float().reshape(shape) + net.noise_gain.float().reshape(shape) * y.float(),
+                            net.noise_floor.float().reshape(shape))
+        noise = torch.randn(y.shape, generator=generator).to(y.device)
+        return (y.float() + amount * var.sqrt() * noise).to(y.dtype)
 
     def posterior_mean(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The posterior mean for the tile ``x`` (:func:`posterior_mean`)."""
