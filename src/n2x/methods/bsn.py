@@ -84,8 +84,8 @@ ENSEMBLE = 2
 #: noise added to the network's input in training, in noise standard deviations (the ``input_noise`` option): off.
 #: A fresh draw at every step hides the unique noisy neighbourhoods a network memorises a small image by, and 1
 #: gained 0.37 dB on the camera 100 x 100 crop/G25 (180 s, 1 thread, seeds 0 and 1: 27.95 and 27.85 dB against
-#: 27.56 and 27.50; 0.5: 27.83, 27.50; 2: 27.26, 27.18), but lost 0.19 on the smooth moon crop and was within
-#: +-0.1 on four other small images (docs/methods.md); on camera/G25 (512 x 512) it lost 0.2 dB.
+#: 27.56 and 27.50; 0.5: 27.83, 27.50; 2: 27.26, 27.18), but lost 0.19 on the smooth moon crop and moved four
+#: other small images by 0.00 to +0.18 (docs/methods.md); on camera/G25 (512 x 512) it lost 0.2 dB.
 INPUT_NOISE = 0.0
 #: the negative slope of the head's activations (Laine et al.'s leaky ReLU slope)
 HEAD_LEAK = 0.1
