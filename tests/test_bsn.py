@@ -7,7 +7,8 @@ import torch
 import n2x
 from n2x.data.samples import clean_cells, noisy_sample
 from n2x.methods import get_method
-from n2x.methods.bsn import measure_mean_offset, robust_noise_line
+from n2x.data.axes import make_layout
+from n2x.methods.bsn import INPUT_NOISE_SMALL, measure_mean_offset, robust_noise_line
 from n2x.nets.shifted_bsn import ShiftedBSN
 from conftest import psnr
 
@@ -206,23 +207,41 @@ def test_small_image_does_not_collapse():
 
 
 def test_input_noise_is_fresh_in_training_and_absent_in_validation():
-    """With ``input_noise`` the network sees in training the image plus noise of that many noise standard
-    deviations, a new draw at every step, and in validation the image itself; by default it sees the image."""
-    assert get_method("bsn").params["input_noise"] == 0.0
+    """With ``input_noise`` the network sees in training the image plus noise of up to that many noise standard
+    deviations, each patch its own amount, a new draw at every step, and in validation the image itself."""
     method = get_method("bsn", input_noise=1.0)
     net = ShiftedBSN(features=4, dilations=(1,))
     net.set_noise_var(torch.tensor([0.25]))
     seen = []
     net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
-    y = torch.randn(2, 1, 32, 32)
+    y = torch.randn(64, 1, 32, 32)
     generator = torch.Generator().manual_seed(0)
     for mode in (net.train, net.train, net.eval):
         mode()
         method.loss(net, (y,), generator)
     first, second, validation = (x - y for x in seen)
-    assert float(first.std()) == pytest.approx(0.5, rel=0.05)  # one noise sigma: sqrt(0.25)
+    amounts = first.flatten(1).std(1) / 0.5  # in noise sigmas: sqrt(0.25)
+    assert float(amounts.max()) < 1.1 and float(amounts.min()) < 0.2
+    assert float(amounts.mean()) == pytest.approx(0.5, abs=0.1)  # uniform from 0 to 1
     assert not torch.equal(first, second)
     assert torch.equal(validation, torch.zeros_like(y))
+
+
+def test_input_noise_auto_is_on_for_a_small_2d_image_only():
+    """``auto`` adds input noise where a network memorises within the budget, a 2D image under 192 px, unless
+    the noise is photon noise."""
+    for shape, axes, ndim, expected in (((100, 100), "YX", 2, INPUT_NOISE_SMALL), ((512, 512), "YX", 2, 0.0),
+                                        ((20, 100, 100), "ZYX", 3, 0.0)):
+        method = get_method("bsn")
+        assert method.params["input_noise"] is None  # auto
+        method.prepare([np.zeros(shape, np.float32)], [make_layout(shape, axes)])
+        assert method.input_noise_for(ndim) == expected, shape
+        method.params["noise_model"] = "photon"  # as the api sets it where vst "auto" finds photon noise
+        assert method.input_noise_for(ndim) == 0.0, shape
+    assert get_method("bsn", input_noise="0").input_noise_for(2) == 0.0  # the user's value wins, off included
+    noisy, _, _ = noisy_sample("2d", "gaussian", seed=1)
+    model = n2x.train(noisy[:96, :96], "YX", "bsn", steps=20, seed=0, device="cpu", ensemble=1)
+    assert model.config["method"]["input_noise"] == INPUT_NOISE_SMALL  # the model file says what auto chose
 
 
 def test_3d_denoises_and_round_trips(tmp_path):

@@ -32,7 +32,8 @@ image: camera crop/G25 25.61 dB, held-out pixels 26.21; microaneurysms/G25 28.36
 likelihood shows the network memorising, training goes back to the best weights, anneals from there and stops
 (:class:`n2x.training.RewindAnneal`); the budget left trains up to three more networks from other seeds, whose
 posterior means are averaged (:mod:`n2x.api._members`: camera 100 x 100 crop/G25 27.36-27.51 dB against
-26.53-26.79 for one network).
+26.53-26.79 for one network). And fresh noise in the network's input (:data:`INPUT_NOISE_SMALL`) hides the noisy
+neighbourhoods it would recognise the image's pixels by.
 """
 from __future__ import annotations
 
@@ -81,12 +82,14 @@ MAX_EPOCHS_PER_NETWORK = 150
 #: all but 0.02-0.03 dB of 8 at a quarter of the time (180 s models: camera/G25 29.59 against 29.61, coins/PG 26.41
 #: against 26.43, the dev volume/PG 35.36 against 35.39 in 12 s instead of 52 s); 1 lost 0.1-0.2 dB
 ENSEMBLE = 2
-#: noise added to the network's input in training, in noise standard deviations (the ``input_noise`` option): off.
-#: A fresh draw at every step hides the unique noisy neighbourhoods a network memorises a small image by, and 1
-#: gained 0.37 dB on the camera 100 x 100 crop/G25 (180 s, 1 thread, seeds 0 and 1: 27.95 and 27.85 dB against
-#: 27.56 and 27.50; 0.5: 27.83, 27.50; 2: 27.26, 27.18), but lost 0.19 on the smooth moon crop and moved four
-#: other small images by 0.00 to +0.18 (docs/methods.md); on camera/G25 (512 x 512) it lost 0.2 dB.
-INPUT_NOISE = 0.0
+#: noise added to the network's input in training (the ``input_noise`` option, ``auto``), in noise standard
+#: deviations: the most a patch gets, each patch drawing its amount uniformly from 0 up to it. A fresh draw at every
+#: step hides the unique noisy neighbourhoods a network memorises a small image by, and the draws near 0 keep the
+#: image's own noise level, which denoising sees, in training. ``auto``: 1.5 on a small 2D image (the small-image
+#: rule of :meth:`BlindSpotAllPixels.trunk_for`) with noise of one variance; 0 under photon noise (Gaussian draws
+#: are not the skewed Poisson noise of a few photons: -0.26 dB over six runs) and on larger images (they do not
+#: memorise within minutes; a fixed 1 cost camera/G25 0.2 dB). Measured: docs/methods.md, "Input noise"
+INPUT_NOISE_SMALL = 1.5
 #: the negative slope of the head's activations (Laine et al.'s leaky ReLU slope)
 HEAD_LEAK = 0.1
 #: a step's gradient norm is clipped at this many times the recent median (:class:`n2x.training.GradientSpikeClip`).
@@ -102,9 +105,11 @@ class BlindSpotAllPixels(Method):
     Options (:attr:`options`): ``ensemble`` (flips and 90-degree rotations averaged when denoising, default
     :data:`ENSEMBLE`), ``trunk`` (the in-plane network: ``unet``, Laine et al.'s shifted U-Net, ``dilated``, AP-BSN's
     dilated half-plane convolutions, or ``auto``: :meth:`trunk_for`), ``input_noise`` (noise added to the network's
-    input in training, in noise standard deviations, default :data:`INPUT_NOISE`: off), ``z_context`` (3D: planes
+    input in training, at most this many noise standard deviations, or ``auto``: :meth:`input_noise_for`),
+    ``z_context`` (3D: planes
     on each side of a voxel's plane the network sees, default 2). Stored by training:
-    ``noise_sigma`` (the measured noise standard deviation per channel, normalised units, for the record).
+    ``noise_sigma`` (the measured noise standard deviation per channel, normalised units, for the record) and
+    ``input_noise`` (the amount ``auto`` chose).
     """
 
     name = "bsn"
@@ -119,10 +124,11 @@ class BlindSpotAllPixels(Method):
                "convolutions and poolings), dilated (AP-BSN's dilated half-plane convolutions at full resolution) "
                "or auto (unet on a 2D image of 192 px or more, else dilated); default auto", label="Trunk",
                choices=("auto", "unet", "dilated"), advanced=True),
-        Option("input_noise", "float", INPUT_NOISE, "training: fresh noise added to the network's input at "
-               "every step, in noise standard deviations; a regulariser against memorising a small, textured image "
-               f"(1 is the usual value; default {INPUT_NOISE}: off)", label="Input noise", range=(0.0, 4.0),
-               advanced=True),
+        Option("input_noise", "float", None, "training: fresh noise added to the network's input at every step, "
+               "at most this many noise standard deviations (each patch draws its amount from 0 up to it); a "
+               f"regulariser against memorising a small image. auto: {INPUT_NOISE_SMALL} on a 2D image under "
+               f"{3 * PATCH_2D} px without photon noise, else 0 (off)", label="Input noise", range=(0.0, 4.0),
+               auto=True, advanced=True),
         Option("z_context", "int", 2, "3D: planes on each side of a voxel's plane that the network sees (default "
                "2)", label="Z context", range=(0, 8), unit="planes", advanced=True),
     )
@@ -182,8 +188,19 @@ class BlindSpotAllPixels(Method):
         """
         if self.params["trunk"] != "auto":
             return self.params["trunk"]
-        small = self._longest_axis is not None and self._longest_axis < 3 * PATCH_2D
-        return "unet" if ndim == 2 and not small else "dilated"
+        return "unet" if ndim == 2 and not self._small_2d(ndim) else "dilated"
+
+    def _small_2d(self, ndim: int) -> bool:
+        """Whether training is on a 2D image under ``3 * PATCH_2D`` px along its longest axis (a crop, a field)."""
+        return ndim == 2 and self._longest_axis is not None and self._longest_axis < 3 * PATCH_2D
+
+    def input_noise_for(self, ndim: int) -> float:
+        """The input noise ``auto`` stands for: :data:`INPUT_NOISE_SMALL` on a small 2D image, where a network
+        memorises the image's noise within the budget, unless the noise model is photon noise; else 0."""
+        if self.params["input_noise"] is not None:
+            return float(self.params["input_noise"])
+        photon = self.params.get("noise_model") == "photon"
+        return INPUT_NOISE_SMALL if self._small_2d(ndim) and not photon else 0.0
 
     def training_defaults(self, ndim: int, **options: Any) -> tuple[tuple[int, ...] | None, int | None]:
         """``(patch, batch)``. On a 2D image of fewer than ``3 * 64`` pixels along its longest axis the patch
@@ -193,7 +210,7 @@ class BlindSpotAllPixels(Method):
         if ndim == 3:
             return PATCH_3D, BATCH_3D
         side = PATCH_2D
-        if self._longest_axis is not None and self._longest_axis < 3 * PATCH_2D:
+        if self._small_2d(ndim):
             side = max(MIN_PATCH, (self._longest_axis // 3) // 8 * 8)
         return (side, side), BATCH_2D
 
@@ -242,13 +259,15 @@ class BlindSpotAllPixels(Method):
         return (nll * weight).sum() / weight.sum().clamp_min(1.0)
 
     def _training_input(self, net: nn.Module, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``y`` with fresh noise of ``input_noise`` noise standard deviations in training (the noise variance at
-        ``y``'s value, with photon noise), ``y`` itself in validation."""
-        amount = float(self.params["input_noise"]) if net.training else 0.0
-        if amount == 0.0:
+        """``y`` ``(B, C, ...)`` in training plus fresh noise of up to :meth:`input_noise_for` noise standard
+        deviations (the noise variance at ``y``'s value, with photon noise), each patch its own amount drawn
+        uniformly from 0 up to it; ``y`` itself in validation."""
+        most = self.input_noise_for(y.ndim - 2) if net.training else 0.0
+        if most == 0.0:
             return y
-        noise = torch.randn(y.shape, generator=generator).to(y.device)
-        return (y.float() + amount * noise_variance(net, y.float()).sqrt() * noise).to(y.dtype)
+        amount = most * torch.rand((y.shape[0],) + (1,) * (y.ndim - 1), generator=generator)
+        noise = amount * torch.randn(y.shape, generator=generator)
+        return (y.float() + noise.to(y.device) * noise_variance(net, y.float()).sqrt()).to(y.dtype)
 
     def posterior_mean(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The posterior mean for the tile ``x`` (:func:`posterior_mean`)."""
@@ -290,6 +309,7 @@ class BlindSpotAllPixels(Method):
                     measure_mean_offset(member, val_patches[0], device, fold_channels)
             self.params["mean_offset"] = [round(float(v), 6) for v in members_of(net)[0].mean_offset.cpu()]
         net = members_of(net)[0]  # the members of an ensemble measured the same noise
+        self.params["input_noise"] = self.input_noise_for(net.ndim)
         sigma = net.noise_var.detach().float().sqrt().cpu().tolist()
         self.params["noise_sigma"] = [round(s, 6) for s in sigma]
         if self.params.get("noise_model") == "photon":
