@@ -126,8 +126,8 @@ class BlindSpotAllPixels(Method):
                choices=("auto", "unet", "dilated"), advanced=True),
         Option("input_noise", "float", None, "training: fresh noise added to the network's input at every step, "
                "at most this many noise standard deviations (each patch draws its amount from 0 up to it); a "
-               f"regulariser against memorising a small image. auto: {INPUT_NOISE_SMALL} on a 2D image under "
-               f"{3 * PATCH_2D} px without photon noise, else 0 (off)", label="Input noise", range=(0.0, 4.0),
+               f"regulariser against memorising a small image; default auto: {INPUT_NOISE_SMALL} on a 2D image "
+               f"under {3 * PATCH_2D} px without photon noise, else 0 (off)", label="Input noise", range=(0.0, 4.0),
                auto=True, advanced=True),
         Option("z_context", "int", 2, "3D: planes on each side of a voxel's plane that the network sees (default "
                "2)", label="Z context", range=(0, 8), unit="planes", advanced=True),
