@@ -86,9 +86,9 @@ ENSEMBLE = 2
 #: deviations: the most a patch gets, each patch drawing its amount uniformly from 0 up to it. A fresh draw at every
 #: step hides the unique noisy neighbourhoods a network memorises a small image by, and the draws near 0 keep the
 #: image's own noise level, which denoising sees, in training. ``auto``: 1.5 on a small 2D image (the small-image
-#: rule of :meth:`BlindSpotAllPixels.trunk_for`) with noise of one variance; 0 under photon noise (Gaussian draws
-#: are not the skewed Poisson noise of a few photons: -0.26 dB over six runs) and on larger images (they do not
-#: memorise within minutes; a fixed 1 cost camera/G25 0.2 dB). Measured: docs/methods.md, "Input noise"
+#: rule of :meth:`BlindSpotAllPixels.trunk_for`) with noise of one variance; 0 under photon noise (-0.26 dB over six
+#: runs on two images) and on larger images (they do not memorise within minutes; a fixed 1 cost camera/G25 0.2 dB).
+#: Measured: docs/methods.md, "Input noise"
 INPUT_NOISE_SMALL = 1.5
 #: the negative slope of the head's activations (Laine et al.'s leaky ReLU slope)
 HEAD_LEAK = 0.1
@@ -106,8 +106,7 @@ class BlindSpotAllPixels(Method):
     :data:`ENSEMBLE`), ``trunk`` (the in-plane network: ``unet``, Laine et al.'s shifted U-Net, ``dilated``, AP-BSN's
     dilated half-plane convolutions, or ``auto``: :meth:`trunk_for`), ``input_noise`` (noise added to the network's
     input in training, at most this many noise standard deviations, or ``auto``: :meth:`input_noise_for`),
-    ``z_context`` (3D: planes
-    on each side of a voxel's plane the network sees, default 2). Stored by training:
+    ``z_context`` (3D: planes on each side of a voxel's plane the network sees, default 2). Stored by training:
     ``noise_sigma`` (the measured noise standard deviation per channel, normalised units, for the record) and
     ``input_noise`` (the amount ``auto`` chose).
     """
