@@ -8,7 +8,7 @@ import n2x
 from n2x.data.samples import clean_cells, noisy_sample
 from n2x.methods import get_method
 from n2x.data.axes import make_layout
-from n2x.methods.bsn import INPUT_NOISE_SMALL, measure_mean_offset, robust_noise_line
+from n2x.methods.bsn import INPUT_NOISE_SMALL, MIN_PASSES_TO_MEMORISE, measure_mean_offset, robust_noise_line
 from n2x.nets.shifted_bsn import ShiftedBSN
 from conftest import psnr
 
@@ -236,8 +236,12 @@ def test_input_noise_auto_is_on_for_a_small_2d_image_only():
         assert method.params["input_noise"] is None  # auto
         method.prepare([np.zeros(shape, np.float32)], [make_layout(shape, axes)])
         assert method.input_noise_for(ndim) == expected, shape
+        # with input noise the networks share the budget and wait before rewinding; without, neither
+        assert method.members_share_budget == (expected > 0), shape
+        assert method.min_passes_to_memorise == (MIN_PASSES_TO_MEMORISE if expected > 0 else 0.0), shape
         method.params["noise_model"] = "photon"  # as the api sets it where vst "auto" finds photon noise
         assert method.input_noise_for(ndim) == 0.0, shape
+        assert not method.members_share_budget and method.min_passes_to_memorise == 0.0, shape
     assert get_method("bsn", input_noise="0").input_noise_for(2) == 0.0  # the user's value wins, off included
     noisy, _, _ = noisy_sample("2d", "gaussian", seed=1)
     model = n2x.train(noisy[:96, :96], "YX", "bsn", steps=20, seed=0, device="cpu", ensemble=1)

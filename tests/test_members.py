@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 import n2x
-from n2x.api._members import MAX_MEMBERS, choose_members, fit_members, wants_another
+from n2x.api._members import MAX_MEMBERS, choose_members, fit_members, member_cap_floor, wants_another
 from n2x.model import Model
 from n2x.nets import build_network, register_network
 from n2x.nets.ensemble import NetworkEnsemble
 from n2x.training import fit
 
-from test_training_loop import _Drifting, scalar_problem
+from test_training_loop import _Drifting, _Settling, scalar_problem
 
 
 @register_network("scalar_for_tests")
@@ -83,6 +83,27 @@ def test_a_network_the_user_stopped_part_way_is_left_out():
     assert not isinstance(net, NetworkEnsemble), "the first network alone: the second was stopped part-way"
     assert abs(float(net.w.detach()) - 3.0) < 1.0
     assert history["stopped"] and reports[-1].stopped and reports[-1].done
+
+
+def test_networks_the_cap_on_passes_cuts_share_the_budget_equally():
+    """A small image reaches the cap on passes within seconds: each network then trains on its floor, a
+    MAX_MEMBERS-th of the whole budget, not of what the networks before it left."""
+    sampler, _ = scalar_problem()
+    fit_net = partial(fit, _Settling(), sampler=sampler, device=torch.device("cpu"), lr=0.1, batch_size=2,
+                      max_steps=50)
+    cfg = {"name": "scalar_for_tests"}
+    budget = 2000
+
+    def member(i, steps, seconds):
+        return fit_net(build_network(**cfg), steps=steps, seed=i, cap_floor=member_cap_floor(budget, steps))
+
+    net, history = _drive(fit_members(fit_net(build_network(**cfg), steps=budget, seed=0,
+                                              cap_floor=1 / MAX_MEMBERS),
+                                      member, member_config=cfg, steps=budget, seconds=None), [])
+    assert [m["steps"] for m in history["members"]] == [budget // MAX_MEMBERS] * MAX_MEMBERS
+    assert all(m["capped"] for m in history["members"][:-1]) and history["steps"] == budget, "the last one: its end"
+    assert member_cap_floor(180.0, 135.0) == pytest.approx(45 / 135) and member_cap_floor(180.0, 45.0) == 1.0
+    assert member_cap_floor(180.0, 20.0) == 1.0 and member_cap_floor(180.0, 0.0) == 1.0
 
 
 def test_only_a_run_that_memorised_trains_more():

@@ -96,6 +96,26 @@ def test_a_memorising_run_rewinds_to_its_best_weights_and_anneals_from_there():
     assert abs(float(net.w.detach()) - 3.0) < 1.0, "the weights kept are the held-out loss's best, not the memorised ones"
 
 
+class _DriftingLate(_Drifting):
+    """:class:`_Drifting` for a method that does not rewind before 100 passes over the data."""
+
+    name = "drifting_late"
+    min_passes_to_memorise = 100
+
+
+def test_a_run_does_not_rewind_before_the_methods_passes_to_memorise():
+    sampler, net = scalar_problem()
+    wait = math.ceil(100 * sampler.patches_per_epoch() / 2)  # steps of 100 passes at 2 patches per step
+    _, early = _run(fit(_Drifting(), scalar_problem()[1], sampler, device=torch.device("cpu"), steps=4000, lr=0.1,
+                        batch_size=2, seed=0))
+    assert early["rewound_at"] < wait, "without the wait the run rewinds early"
+    net, history = _run(fit(_DriftingLate(), net, sampler, device=torch.device("cpu"), steps=4000, lr=0.1,
+                            batch_size=2, seed=0))
+    assert wait <= history["rewound_at"] < 4000, "it waited for the passes, then went back"
+    assert history["rewound_to"] == early["rewound_to"], "to the same best weights"
+    assert abs(float(net.w.detach()) - 3.0) < 1.0
+
+
 class _Unstable(Method):
     """Training and held-out loss both optimal at w = 3, and both raised by 100 from training step 30 to 100: an
     unstable stretch (as a high learning rate gives), not memorising."""

@@ -130,14 +130,19 @@ class RewindAnneal:
     rate from there to the schedule's floor, in as many steps as it took to reach them (fewer where the budget has
     fewer left; at least :data:`MIN_ANNEAL_STEPS`), then stops.
 
+    It waits for ``min_step`` steps (the method's :attr:`~n2x.methods.base.Method.min_passes_to_memorise` passes
+    over the data): a held-out loss that rises earlier may be the peak learning rate's wavering, from which the run
+    recovers, and where the network does memorise, the rewind after the wait goes back to the same best weights.
+
     A single small image memorises within a few hundred steps whatever the budget, so its best weights come from
     early in the cosine schedule, at a high learning rate, and the rest of the run is spent past them. An anneal
     that ends where memorising begins keeps what it learnt without the noise of a high rate: ``bsn`` on the camera
     100 x 100 crop (G25) kept step 437 of 10809 at 26.21 dB in 180 s; trained to 600 steps it ended at 26.55.
     """
 
-    def __init__(self, floor: float = LR_FLOOR):
+    def __init__(self, floor: float = LR_FLOOR, min_step: int = 0):
         self.floor = floor
+        self.min_step = int(min_step)
         self.start: int | None = None
         self.length = 0
         self.lr0 = 0.0
@@ -148,8 +153,8 @@ class RewindAnneal:
         the training loss falls; where both rose, training is unstable, not memorising (a real 31 x 61 x 57 volume:
         both spiked at steps 38-57, which rewound to step 25 and ended the run at step 107, at a held-out loss of
         -0.518 where training on reached -0.588)."""
-        return (self.start is None and past_warmup and training_fell and best_step > 0 and step >= 2 * best_step
-                and worse_in_a_row >= REWIND_PATIENCE)
+        return (self.start is None and past_warmup and training_fell and best_step > 0 and step >= self.min_step
+                and step >= 2 * best_step and worse_in_a_row >= REWIND_PATIENCE)
 
     def begin(self, step: int, length: int, lr0: float) -> None:
         self.start, self.length, self.lr0 = step, max(int(length), MIN_ANNEAL_STEPS), lr0
@@ -224,7 +229,8 @@ def fit(method: Method, net: nn.Module, sampler: PatchSampler, *, device: torch.
     best_state, best_val, best_step, best_lr, worse_in_a_row = None, math.inf, 0, lr, 0
     best_train = math.inf  # the recent training loss when the best validation came
     step, recent, t_train, t_val = 0, [], 0.0, 0.0
-    rewind = RewindAnneal() if method.rewinds_when_memorising else None
+    rewind = (RewindAnneal(min_step=math.ceil(method.min_passes_to_memorise * per_epoch / batch_size))
+              if method.rewinds_when_memorising else None)
     t0 = time.perf_counter()
     last_report = last_preview = -math.inf
     schedule = ValidationSchedule(n_validations)

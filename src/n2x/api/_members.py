@@ -8,7 +8,8 @@ settings scattered by 0.5-0.7 dB there), and the mean of their predictions keeps
 So, after a run that rewound, or that reached the method's cap on passes over the data
 (:attr:`~n2x.methods.base.Method.max_epochs_per_network`: one image holds a limited amount to learn, and past it a
 network memorises), further members train while the budget left is at least a quarter of what the first one took,
-up to :data:`MAX_MEMBERS` (inference costs one pass per member). A run that ended with its budget is left as it is.
+up to :data:`MAX_MEMBERS` (inference costs one pass per member); where the method says so, each on at least an
+equal share of the budget (:func:`member_cap_floor`). A run that ended with its budget is left as it is.
 
 The members are not all equal: a full-size image whose held-out loss wavered at the peak learning rate can rewind
 early, to an undertrained network, and the next member then trains on the rest of the budget (moon/G25, 3000 steps:
@@ -112,6 +113,22 @@ def choose_members(predictions: list[tuple[np.ndarray, np.ndarray]]) -> list[int
         kept.append(i)
         total, error = total + predictions[i][0], (candidate - noisy) ** 2
     return sorted(kept)
+
+
+def member_cap_floor(budget: float, left: float) -> float:
+    """The share of ``left`` (steps or seconds of the budget still to spend) below which the cap on passes over the
+    data (:func:`n2x.training.fit`'s ``cap_floor``) may not cut the next network: a :data:`MAX_MEMBERS`-th of the
+    whole ``budget``, so that the members share it equally.
+
+    For a method whose networks share the budget (:attr:`~n2x.methods.base.Method.members_share_budget`). A network
+    on a small image reaches the cap on passes within seconds (the 100 x 100 camera crop: 330 steps), and the floor,
+    not the cap, sets how long it trains. With fresh noise in its input (``bsn``'s input noise) it keeps learning
+    past a quarter of the budget without memorising, where a floor taken of what was left gave each member less than
+    the one before (45, 34, 25 and 19 s of 180 s, the last three still improving when cut) and left 57 s unused.
+    Measured: docs/methods.md, "Members share the budget"."""
+    if left <= 0:
+        return 1.0
+    return min(1.0, budget / MAX_MEMBERS / left)
 
 
 def wants_another(histories: list[dict], steps_left: int | None, seconds_left: float | None) -> bool:

@@ -29,7 +29,7 @@ from ..training import TrainProgress, fit, import_optimiser_support
 from ._auto import (MethodChoice, choose_method, fit_vst_normalization, noise_config, photon_noise_wanted,
                     probe_quietly, resolve_vst)
 from ._calibration import calibration_patches, context_windows, predict_in_context
-from ._members import MAX_MEMBERS, fit_members
+from ._members import MAX_MEMBERS, fit_members, member_cap_floor
 from ._options import (DEFAULT_BATCH, DEFAULT_PATCH, DEFAULT_SECONDS, LEARNING_RATE,  # noqa: F401
                        MAX_DEFAULT_BATCH, MAX_MEMORY, PREVIEW_EVERY, TRAIN_OPTIONS, VAL_FRACTION)
 
@@ -235,7 +235,11 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
             member = meth.build_network(net_cfg)
             if noise_sample is not None:
                 meth.initialise(member, noise_sample)
-            return fit_net(member, steps=steps_left, seconds=seconds_left,
+            floor = 1 / MAX_MEMBERS  # of the budget left
+            if meth.members_share_budget:
+                floor = (member_cap_floor(steps, steps_left) if steps is not None
+                         else member_cap_floor(seconds, seconds_left))
+            return fit_net(member, steps=steps_left, seconds=seconds_left, cap_floor=floor,
                            seed=None if seed is None else seed + index)
 
         steps_gen = fit_members(steps_gen, train_member, member_config=net_cfg, steps=steps, seconds=seconds,
@@ -252,10 +256,11 @@ def train_iter(images: Any, axes: str | None = None, method: str | MethodChoice 
 
 def _network_steps_cap(meth: Any, sampler: Any, batch_size: int) -> int | None:
     """The steps of :attr:`~n2x.methods.base.Method.max_epochs_per_network` passes over the training pixels, or
-    None where the method sets no cap. It never cuts a network below a :data:`MAX_MEMBERS`-th of its budget (the
-    ``cap_floor`` of :func:`n2x.training.fit`): a small image passes the cap within seconds, where the held-out
-    loss (the rewind) says better when it starts memorising (camera 100 x 100 crop/G25, 180 s: cut at 367 steps,
-    four networks of 4 s each, 26.51 dB; best steps 375-656 otherwise, 27.66)."""
+    None where the method sets no cap. It never cuts a network below a :data:`MAX_MEMBERS`-th of the budget (the
+    ``cap_floor`` of :func:`n2x.training.fit`; for the later members :func:`~n2x.api._members.member_cap_floor`): a
+    small image passes the cap within seconds, where the held-out loss (the rewind) says better when it starts
+    memorising (camera 100 x 100 crop/G25, 180 s: cut at 367 steps, four networks of 4 s each, 26.51 dB; best steps
+    375-656 otherwise, 27.66)."""
     if meth.max_epochs_per_network is None:
         return None
     return max(1, math.ceil(meth.max_epochs_per_network * sampler.patches_per_epoch() / batch_size))

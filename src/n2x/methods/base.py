@@ -63,6 +63,12 @@ class Method:
     #: passes over the training pixels one network trains at most (None: no cap); with
     #: :attr:`rewinds_when_memorising`, the budget beyond trains further networks (:mod:`n2x.api._members`)
     max_epochs_per_network: ClassVar[float | None] = None
+    #: passes over the training pixels before which a run that rewinds when memorising does not rewind
+    #: (:class:`n2x.training.RewindAnneal`): a held-out loss that wavers earlier may be the learning rate's doing
+    min_passes_to_memorise: ClassVar[float] = 0.0
+    #: whether the networks a budget trains (:mod:`n2x.api._members`) share it equally, each on at least a
+    #: ``MAX_MEMBERS``-th of it, rather than a ``MAX_MEMBERS``-th of what the networks before it left
+    members_share_budget: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.params = dict(params)

@@ -78,17 +78,22 @@ NOISE_SAMPLE_PIXELS = 2 ** 18
 #: 2 threads) scored 29.67, 36.12 and 34.64. A large image (a 3D volume, a 2048 x 2048 plane) never reaches the cap
 #: in a few minutes of CPU.
 MAX_EPOCHS_PER_NETWORK = 150
+#: passes before which a network trained with input noise does not rewind (``min_passes_to_memorise``); such
+#: networks also share the budget equally (``members_share_budget``): they learn for longer, and an early rise of
+#: the held-out loss is the learning rate's wavering (crops/G25: rewinds after 39-58 passes ended 0.5-3.5 dB under
+#: the other networks). Without input noise neither helped (microaneurysms/PG10: -0.3 to -0.7 dB). docs/methods.md,
+#: "Members share the budget".
+MIN_PASSES_TO_MEMORISE = 100
 #: flips/rotations averaged when denoising. The network already joins four rotated half-plane branches, and 2 kept
 #: all but 0.02-0.03 dB of 8 at a quarter of the time (180 s models: camera/G25 29.59 against 29.61, coins/PG 26.41
 #: against 26.43, the dev volume/PG 35.36 against 35.39 in 12 s instead of 52 s); 1 lost 0.1-0.2 dB
 ENSEMBLE = 2
-#: noise added to the network's input in training (the ``input_noise`` option, ``auto``), in noise standard
-#: deviations: the most a patch gets, each patch drawing its amount uniformly from 0 up to it. A fresh draw at every
-#: step hides the unique noisy neighbourhoods a network memorises a small image by, and the draws near 0 keep the
-#: image's own noise level, which denoising sees, in training. ``auto``: 1.5 on a small 2D image (the small-image
-#: rule of :meth:`BlindSpotAllPixels.trunk_for`) with noise of one variance; 0 under photon noise (-0.26 dB over six
-#: runs on two images) and on larger images (they do not memorise within minutes; a fixed 1 cost camera/G25 0.2 dB).
-#: Measured: docs/methods.md, "Input noise"
+#: noise added to the network's input in training (option ``input_noise``, ``auto``), in noise standard deviations:
+#: the most a patch gets, each patch drawing its amount uniformly from 0 up to it. A fresh draw at every step hides
+#: the unique noisy neighbourhoods a network memorises a small image by; the draws near 0 keep the image's own noise
+#: level in training. ``auto``: 1.5 on a small 2D image (:meth:`BlindSpotAllPixels.trunk_for`'s rule) with noise
+#: of one variance; 0 under photon noise (-0.26 dB, six runs on two images) and on larger images (a fixed 1 cost
+#: camera/G25 0.2 dB). Measured: docs/methods.md, "Input noise"
 INPUT_NOISE_SMALL = 1.5
 #: the negative slope of the head's activations (Laine et al.'s leaky ReLU slope)
 HEAD_LEAK = 0.1
@@ -152,10 +157,22 @@ class BlindSpotAllPixels(Method):
         super().__init__(**self.settled("bsn", ensemble=ensemble, trunk=trunk, input_noise=input_noise,
                                         z_context=z_context))
         self._longest_axis: int | None = None  # of the smallest training image, set by prepare()
+        self._ndim: int | None = None  # spatial dimensions of the training images, set by prepare()
 
     def prepare(self, images: list, layouts: list) -> None:
         """Note the training images' size: a small image gets a smaller patch (see :meth:`training_defaults`)."""
         self._longest_axis = min(max(lay.spatial_shape[-2:]) for lay in layouts)
+        self._ndim = len(layouts[0].spatial_shape)
+
+    @property
+    def min_passes_to_memorise(self) -> float:  # type: ignore[override]
+        """:data:`MIN_PASSES_TO_MEMORISE` where training adds input noise (:meth:`input_noise_for`), else 0."""
+        return MIN_PASSES_TO_MEMORISE if self.members_share_budget else 0.0
+
+    @property
+    def members_share_budget(self) -> bool:  # type: ignore[override]
+        """Whether training adds input noise (see :data:`MIN_PASSES_TO_MEMORISE`)."""
+        return self._ndim is not None and self.input_noise_for(self._ndim) > 0
 
     # -- network ---------------------------------------------------------------------------------------------
     def network_config(self, ndim: int, channels: int, overrides: dict | None = None, **options: Any) -> dict:
