@@ -78,11 +78,10 @@ NOISE_SAMPLE_PIXELS = 2 ** 18
 #: 2 threads) scored 29.67, 36.12 and 34.64. A large image (a 3D volume, a 2048 x 2048 plane) never reaches the cap
 #: in a few minutes of CPU.
 MAX_EPOCHS_PER_NETWORK = 150
-#: passes before which a network trained with input noise does not rewind (``min_passes_to_memorise``); such
-#: networks also share the budget equally (``members_share_budget``): they learn for longer, and an early rise of
-#: the held-out loss is the learning rate's wavering (crops/G25: rewinds after 39-58 passes ended 0.5-3.5 dB under
-#: the other networks). Without input noise neither helped (microaneurysms/PG10: -0.3 to -0.7 dB). docs/methods.md,
-#: "Members share the budget".
+#: passes before which a network trained with input noise does not rewind (``min_passes_to_memorise``); such networks
+#: also share the budget equally (``members_share_budget``): they learn for longer, and an early rise of the held-out
+#: loss is the learning rate's wavering (crops/G25: rewinds after 39-58 passes ended 0.5-3.5 dB under the others).
+#: Without input noise neither helped (microaneurysms/PG10). docs/methods.md, "Members share the budget".
 MIN_PASSES_TO_MEMORISE = 100
 #: flips/rotations averaged when denoising. The network already joins four rotated half-plane branches, and 2 kept
 #: all but 0.02-0.03 dB of 8 at a quarter of the time (180 s models: camera/G25 29.59 against 29.61, coins/PG 26.41
