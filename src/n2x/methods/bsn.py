@@ -8,10 +8,8 @@ puts back through a Gaussian posterior:
 - the network predicts, from the surroundings, a prior mean ``mu`` and a prior variance ``s_p^2`` per pixel; the
   noise variance ``s_n^2`` is one number per channel, measured before training on a sample of training patches
   (:data:`NOISE_SAMPLE_PIXELS`) by a robust estimator (:func:`robust_noise_var`) and then fixed (Laine et al.'s
-  known-noise variant). Learning it with the network (their unknown-noise variant) is ill-posed: the likelihood
-  only sees ``s_p^2 + s_n^2``. Learnt, it drifted below the truth without a push and, with the push of their
-  paper (``-0.03 s_n`` here), above it in longer runs, where
-  the posterior then ignored the pixel (camera 100 x 100 crop, G25: 0.44 learnt against 0.40 true, normalised);
+  known-noise variant; learnt, it drifted below or above the truth: docs/methods.md), and after training bounded
+  by the residuals at held-out pixels (:mod:`.noise_bound`);
 - training fits the prior variance by the negative log-likelihood of the noisy value ``y`` under
   ``N(mu, s_p^2 + s_n^2)`` at every pixel, and the prior mean by the squared error ``(y - mu)^2`` (the likelihood's
   gradient weighs it by ``1 / (s_p^2 + s_n^2)``, which favours flat, dark regions: see :meth:`loss`);
@@ -19,21 +17,17 @@ puts back through a Gaussian posterior:
   the surroundings cannot tell its value (edges, texture), not where they can (flat regions). One global weight
   (AP-BSN's box filter with a 1 x 1 box) cannot serve both.
 
-Values are in the normalised units the engine trains in. With Poisson-Gaussian noise (``noise_model`` ``"photon"``,
-set by the api where ``vst="auto"`` finds it) the noise variance is a line in the signal, for which the prior mean
-stands (Laine et al.'s Poisson-Gaussian variant: :func:`robust_noise_line`); with ``vst="on"`` the data are
-stabilised instead, and the noise is close to Gaussian with one variance.
+Values are in normalised units. With Poisson-Gaussian noise (``noise_model`` ``"photon"``, set where ``vst="auto"``
+finds it) the noise variance is a line in the signal, for which the prior mean stands (Laine et al.'s
+Poisson-Gaussian variant: :func:`robust_noise_line`); ``vst="on"`` stabilises the data instead (one variance).
 
 Small images (a crop, one field of view): the network can memorise a single image's noise. A tenth of the pixels
 (a fixed pattern: :mod:`n2x.data.holdout`) is held out of the loss; the network still sees them as neighbours, but
 its output at a pixel never sees the pixel, so the likelihood there is an unbiased criterion, and training keeps the
-weights that scored best on it. Every region of the image trains (a held-out stripe took a third of a 100 x 100
-image: camera crop/G25 25.61 dB, held-out pixels 26.21; microaneurysms/G25 28.36 and 28.61, 180 s). Once that
-likelihood shows the network memorising, training goes back to the best weights, anneals from there and stops
-(:class:`n2x.training.RewindAnneal`); the budget left trains up to three more networks from other seeds, whose
-posterior means are averaged (:mod:`n2x.api._members`: camera 100 x 100 crop/G25 27.36-27.51 dB against
-26.53-26.79 for one network). And fresh noise in the network's input (:data:`INPUT_NOISE_SMALL`) hides the noisy
-neighbourhoods it would recognise the image's pixels by.
+weights that scored best on it. Once it shows the network memorising, training goes back to the best weights,
+anneals from there and stops (:class:`n2x.training.RewindAnneal`); the budget left trains up to three more networks
+from other seeds, whose posterior means are averaged (:mod:`n2x.api._members`). And fresh noise in the network's
+input (:data:`INPUT_NOISE_SMALL`) hides the noisy neighbourhoods it would recognise the image's pixels by.
 """
 from __future__ import annotations
 
@@ -50,6 +44,7 @@ from ..nets.dihedral import dihedral_mean
 from ..nets.ensemble import members_of
 from ..options import Option
 from .base import InContext, Method
+from .noise_bound import tighten_noise_var
 from .prior_offset import clear_offset, offset_curve, set_offset
 from .robust_noise import robust_noise_line, robust_noise_var
 
@@ -111,8 +106,8 @@ class BlindSpotAllPixels(Method):
     dilated half-plane convolutions, or ``auto``: :meth:`trunk_for`), ``input_noise`` (noise added to the network's
     input in training, at most this many noise standard deviations, or ``auto``: :meth:`input_noise_for`),
     ``z_context`` (3D: planes on each side of a voxel's plane the network sees, default 2). Stored by training:
-    ``noise_sigma`` (the measured noise standard deviation per channel, normalised units, for the record) and
-    ``input_noise`` (the amount ``auto`` chose).
+    ``noise_sigma`` (the noise standard deviation per channel denoised with, normalised units, for the record:
+    measured before training, bounded after it) and ``input_noise`` (the amount ``auto`` chose).
     """
 
     name = "bsn"
@@ -313,7 +308,8 @@ class BlindSpotAllPixels(Method):
         The residual is measured on the prior mean as inference makes it (``in_context``): trained on patches, a
         network's offset depends on how much of its receptive field the input holds (moon/PG, 180 s: -0.002 on
         64 x 64 patches, +0.016 on 128 x 128 tiles, +0.027 on the whole image, normalised), so the held-out and
-        training patches (:func:`measure_mean_offset`) are only the fallback where no such regions exist."""
+        training patches (:func:`measure_mean_offset`) are only the fallback where no such regions exist. Then, with
+        one noise variance, bound it by the residuals at the held-out pixels (:mod:`.noise_bound`)."""
         if val_patches is not None or in_context is not None:
             for member in members_of(net):
                 clear_offset(member)
@@ -323,6 +319,10 @@ class BlindSpotAllPixels(Method):
                 elif val_patches is not None:
                     measure_mean_offset(member, val_patches[0], device, fold_channels)
             self.params["mean_offset"] = [round(float(v), 6) for v in members_of(net)[0].mean_offset.cpu()]
+        if val_patches is not None and len(val_patches) > 1 and self.params.get("noise_model") != "photon":
+            tighten_noise_var(lambda n, t: prior_and_noise(n, t)[:2], members_of(net),
+                              _as_network_input(val_patches[0], fold_channels),
+                              _as_network_input(val_patches[-1], fold_channels) > 0, device)
         net = members_of(net)[0]  # the members of an ensemble measured the same noise
         self.params["input_noise"] = self.input_noise_for(net.ndim)
         sigma = net.noise_var.detach().float().sqrt().cpu().tolist()
@@ -341,10 +341,10 @@ def prior_and_noise(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
         raise N2xError(f"the all-pixel blind-spot network gives {out.shape[1]} channels for {c} input channels; "
                        f"it must give {2 * c} (a mean and a variance each)")
     shape = (1, c) + (1,) * (x.ndim - 2)
-    mu, raw = out[:, :c] + net.mean_offset.float().reshape(shape), out[:, c:]
+    mu, prior_var = out[:, :c] + net.mean_offset.float().reshape(shape), F.softplus(out[:, c:]) + MIN_PRIOR_VAR
     if not net.training:  # measured after training (zero until then), and not worth its cost in every step
         mu = mu + offset_curve(out[:, :c], net.offset_knots, net.offset_values)
-    prior_var = F.softplus(raw) + MIN_PRIOR_VAR
+        prior_var = prior_var + net.prior_var_offset.float().reshape(shape)
     # Photon noise grows with the signal, which the prior mean stands for (Laine et al.'s Poisson-Gaussian variant).
     # A plug-in, without a gradient: through it the likelihood pulls the mean to where the noise is weaker (the
     # synthetic cells at 20 photons, 300 steps: 22.05 dB with the gradient, 23.15 without, 23.23 with the transform)

@@ -101,6 +101,9 @@ class ShiftedBSN(nn.Module):
         #: normalised units (:mod:`n2x.methods.prior_offset`); all zeros, no offset
         self.register_buffer("offset_knots", torch.zeros(c, OFFSET_KNOTS))
         self.register_buffer("offset_values", torch.zeros(c, OFFSET_KNOTS))
+        #: added to the prior variance at inference, per channel, normalised units: what the noise variance measured
+        #: before training had too much (:mod:`n2x.methods.noise_bound`); zero, nothing
+        self.register_buffer("prior_var_offset", torch.zeros(c))
 
     def set_noise_var(self, var: torch.Tensor, gain: torch.Tensor | None = None,
                       floor: torch.Tensor | None = None) -> None:
@@ -122,6 +125,8 @@ class ShiftedBSN(nn.Module):
         if prefix + "noise_var" in state_dict and prefix + "offset_knots" not in state_dict:  # before the curve
             for name in ("offset_knots", "offset_values"):
                 state_dict[prefix + name] = torch.zeros(len(state_dict[prefix + "noise_var"]), OFFSET_KNOTS)
+        if prefix + "noise_var" in state_dict and prefix + "prior_var_offset" not in state_dict:  # before the bound
+            state_dict[prefix + "prior_var_offset"] = torch.zeros_like(state_dict[prefix + "noise_var"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def to(self, *args, **kwargs):  # noqa: D102
