@@ -69,7 +69,9 @@ def describe_method(model: Any) -> str:
                 + ") predicts a prior mean and variance; the noisy pixel is weighed in by the Gaussian posterior "
                 f"mean (noise standard deviation {p.get('noise_sigma')}, normalised units), averaged over "
                 f"{p.get('ensemble')} flips/rotations"
-                + (f", and over {count} such networks trained with different seeds." if count > 1 else "."))
+                + (f", and over {count} such networks trained with different seeds" if count > 1 else "")
+                + (f"; then the noisy image is filtered by the Wiener weights of that estimate in every "
+                   f"{p['wiener_block']} x {p['wiener_block']} block (sliding DCT)." if p.get("wiener_block") else "."))
     else:
         design = getattr(model.method, "design", "pd")
         if design == "box":

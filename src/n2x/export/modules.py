@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..methods.apbsn_designs import box_prediction
-from ..methods.bsn import posterior_mean
+from ..methods.posterior import posterior_mean, wiener_refined
 from ..nets.dihedral import dihedral_mean
 from .anscombe import AnscombeTransform
 
@@ -103,13 +103,15 @@ class PosteriorCore(nn.Module):
     of the network's prior and the noisy pixel — :meth:`n2x.methods.bsn.BlindSpotAllPixels.predict`, through the
     same functions (:func:`n2x.methods.bsn.posterior_mean`, :func:`n2x.nets.dihedral.dihedral_mean`)."""
 
-    def __init__(self, net: nn.Module, ensemble: int):
+    def __init__(self, net: nn.Module, ensemble: int, wiener_block: int = 0):
         super().__init__()
         self.net = net
         self.ensemble = int(ensemble)
+        self.wiener_block = int(wiener_block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dihedral_mean(lambda t: posterior_mean(self.net, t), x, self.ensemble)
+        estimate = dihedral_mean(lambda t: posterior_mean(self.net, t), x, self.ensemble)
+        return wiener_refined(self.net, x, estimate, self.wiener_block, strip_rows=None)
 
 
 def refusal(model: Any) -> str | None:
@@ -140,7 +142,7 @@ def build_module(model: Any) -> nn.Module:
         else:
             core = PixelShuffleCore(net, int(p["stride_infer"]))
     elif model.method_name == "bsn":
-        core = PosteriorCore(net, int(method.params["ensemble"]))
+        core = PosteriorCore(net, int(method.params["ensemble"]), int(method.params.get("wiener_block", 0)))
     else:
         core = net
     norm, ndim = model.normalization, len(model.spatial)

@@ -15,7 +15,10 @@ puts back through a Gaussian posterior:
   gradient weighs it by ``1 / (s_p^2 + s_n^2)``, which favours flat, dark regions: see :meth:`loss`);
 - the prediction is the posterior mean ``(s_p^2 y + s_n^2 mu) / (s_p^2 + s_n^2)``: the noisy pixel counts where
   the surroundings cannot tell its value (edges, texture), not where they can (flat regions). One global weight
-  (AP-BSN's box filter with a 1 x 1 box) cannot serve both.
+  (AP-BSN's box filter with a 1 x 1 box) cannot serve both;
+- then the noisy image is filtered by the Wiener weights of that estimate in sliding 8 x 8 DCT blocks
+  (:mod:`.pilot_wiener`, BM3D's second step without block matching): the prior mean's errors are shared by
+  neighbours, which the posterior, pixel by pixel, cannot see (:mod:`.posterior` holds these functions).
 
 Values are in normalised units. With Poisson-Gaussian noise (``noise_model`` ``"photon"``, set where ``vst="auto"``
 finds it) the noise variance is a line in the signal, for which the prior mean stands (Laine et al.'s
@@ -36,20 +39,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-import torch.nn.functional as F
 
-from ..errors import N2xError
+from .._numbers import round_up
 from ..nets import memory_format
 from ..nets.dihedral import dihedral_mean
 from ..nets.ensemble import members_of
 from ..options import Option
 from .base import InContext, Method
 from .noise_bound import tighten_noise_var
-from .prior_offset import clear_offset, offset_curve, set_offset
+from .posterior import noise_variance, posterior_mean, prior_and_noise, wiener_refined
+from .prior_offset import clear_offset, set_offset
 from .robust_noise import robust_noise_line, robust_noise_var
 
-#: the smallest prior variance (normalised units): keeps the likelihood finite where the prior is certain
-MIN_PRIOR_VAR = 1e-6
 #: training patch side in pixels, and patches per step (2D); 3D: one (8, 64, 64) patch per step. Every pixel is
 #: in the loss, so a step of 4 patches already averages 16 thousand pixels; more, smaller steps learn more in a
 #: short budget (camera 100 x 100 crop, G25, 30 s: 4 patches 247 steps 25.5 dB, 16 patches 68 steps 25.1 dB)
@@ -57,44 +58,34 @@ PATCH_2D, BATCH_2D = 64, 4
 PATCH_3D, BATCH_3D = (8, 64, 64), 1
 #: the smallest training patch side in pixels the small-image rule goes down to
 MIN_PATCH = 16
-#: pixels of training patches the noise variance is measured on before training. The posterior weighs the pixel
-#: by ``s_p^2 / (s_p^2 + s_n^2)``, and where the surroundings tell the value (``s_p^2`` a few % of ``s_n^2``) an
-#: error in ``s_n^2`` moves into ``s_p^2``. The first batch (4 patches of 64 x 64) scatters by 3-4% in variance
-#: (8 draws each on camera, coins, moon, cell and brick); on moon/G25 it read 6% low, and the median weight of the
-#: noisy pixel was 0.066 where the true variance gave 0.007. 2^18 pixels read moon/G25 within 0.1%. (The estimator's
-#: own bias on textured images stays: +5% on camera and coins at G25, +20-30% at G10.)
+#: pixels of training patches the noise variance is measured on before training: an error in ``s_n^2`` moves into
+#: ``s_p^2`` where the surroundings tell the value. The first batch alone scattered by 3-4% in variance and read
+#: moon/G25 6% low; 2^18 pixels read it within 0.1% (the estimator's bias on texture stays: :mod:`.noise_bound`)
 NOISE_SAMPLE_PIXELS = 2 ** 18
 #: passes over the training pixels one network trains at most; a longer budget trains further networks from other
-#: seeds, averaged (:mod:`n2x.api._members`). One image holds a limited amount to learn: the held-out loss stopped
-#: improving after 110-140 passes on camera/G25 and moon/PG (1 thread, 4500 steps, the whole image denoised at every
-#: validation; moon/PG's PSNR then swung by up to 1 dB between validations), and coins' best weights came at 85-120.
-#: Two networks of about 165 passes each (180 s, 1 thread), averaged, scored camera/G25 29.73 (alone 29.61 and
-#: 29.65), moon/G25 36.45 (36.11, 36.24) and moon/PG 35.33 (34.75, 35.05), where one network of 280 passes (180 s,
-#: 2 threads) scored 29.67, 36.12 and 34.64. A large image (a 3D volume, a 2048 x 2048 plane) never reaches the cap
-#: in a few minutes of CPU.
+#: seeds, averaged (:mod:`n2x.api._members`). The held-out loss stopped improving after 110-140 passes on camera/G25
+#: and moon/PG, and two networks of 165 passes beat one of 280 (docs/methods.md, "One network learns...")
 MAX_EPOCHS_PER_NETWORK = 150
 #: passes before which a network trained with input noise does not rewind (``min_passes_to_memorise``); such networks
 #: also share the budget equally (``members_share_budget``): they learn for longer, and an early rise of the held-out
 #: loss is the learning rate's wavering (crops/G25: rewinds after 39-58 passes ended 0.5-3.5 dB under the others).
 #: Without input noise neither helped (microaneurysms/PG10). docs/methods.md, "Members share the budget".
 MIN_PASSES_TO_MEMORISE = 100
-#: flips/rotations averaged when denoising. The network already joins four rotated half-plane branches, and 2 kept
-#: all but 0.02-0.03 dB of 8 at a quarter of the time (180 s models: camera/G25 29.59 against 29.61, coins/PG 26.41
-#: against 26.43, the dev volume/PG 35.36 against 35.39 in 12 s instead of 52 s); 1 lost 0.1-0.2 dB
+#: flips/rotations averaged when denoising: 2 kept all but 0.02-0.03 dB of 8 at a quarter of the time (180 s
+#: models of camera/G25, coins/PG and the dev volume/PG); 1 lost 0.1-0.2 dB
 ENSEMBLE = 2
+#: block side (px) of the Wiener filter after the posterior (:mod:`.pilot_wiener`; 0: none). docs/methods.md, "Wiener"
+WIENER_BLOCK = 8
 #: noise added to the network's input in training (option ``input_noise``, ``auto``), in noise standard deviations:
-#: the most a patch gets, each patch drawing its amount uniformly from 0 up to it. A fresh draw at every step hides
-#: the unique noisy neighbourhoods a network memorises a small image by; the draws near 0 keep the image's own noise
-#: level in training. ``auto``: 1.5 on a small 2D image (:meth:`BlindSpotAllPixels.trunk_for`'s rule) with noise
-#: of one variance; 0 under photon noise (-0.26 dB, six runs on two images) and on larger images (a fixed 1 cost
-#: camera/G25 0.2 dB). Measured: docs/methods.md, "Input noise"
+#: the most a patch gets, each patch drawing from 0 up to it, afresh at every step: it hides the noisy neighbourhoods
+#: a network memorises a small image by. ``auto``: this on a small 2D image with noise of one variance, else 0
+#: (docs/methods.md, "Input noise")
 INPUT_NOISE_SMALL = 1.5
 #: the negative slope of the head's activations (Laine et al.'s leaky ReLU slope)
 HEAD_LEAK = 0.1
-#: a step's gradient norm is clipped at this many times the recent median (:class:`n2x.training.GradientSpikeClip`).
-#: The likelihood's gradient grows as ``(y - mu) / var``: where the network is confidently wrong (an edge it has not
-#: learnt yet) a step can be hundreds of times the typical one (camera/G25: 464 and 5808 against medians of 2-3),
-#: and one such step put a run on a plateau 2 dB below the others (27.52 against 29.4-29.6 dB at 2000 steps)
+#: a step's gradient norm is clipped at this many times the recent median (:class:`n2x.training.GradientSpikeClip`):
+#: the likelihood's gradient grows as ``(y - mu) / var``, and one step hundreds of times the typical one (an edge
+#: not learnt yet) put a camera/G25 run on a plateau 2 dB below the others
 GRADIENT_SPIKE_FACTOR = 3.0
 
 
@@ -105,7 +96,8 @@ class BlindSpotAllPixels(Method):
     :data:`ENSEMBLE`), ``trunk`` (the in-plane network: ``unet``, Laine et al.'s shifted U-Net, ``dilated``, AP-BSN's
     dilated half-plane convolutions, or ``auto``: :meth:`trunk_for`), ``input_noise`` (noise added to the network's
     input in training, at most this many noise standard deviations, or ``auto``: :meth:`input_noise_for`),
-    ``z_context`` (3D: planes on each side of a voxel's plane the network sees, default 2). Stored by training:
+    ``wiener_block`` (the block side of the Wiener filter after the posterior, 0 for none), ``z_context`` (3D:
+    planes on each side of a voxel's plane the network sees, default 2). Stored by training:
     ``noise_sigma`` (the noise standard deviation per channel denoised with, normalised units, for the record:
     measured before training, bounded after it) and ``input_noise`` (the amount ``auto`` chose).
     """
@@ -127,6 +119,10 @@ class BlindSpotAllPixels(Method):
                f"regulariser against memorising a small image; default auto: {INPUT_NOISE_SMALL} on a 2D image "
                f"under {3 * PATCH_2D} px without photon noise, else 0 (off)", label="Input noise", range=(0.0, 4.0),
                auto=True, advanced=True),
+        Option("wiener_block", "int", WIENER_BLOCK, "denoising: the noisy image filtered again in sliding blocks of "
+               "this many pixels by the Wiener weights of the posterior's estimate (BM3D's second step without "
+               f"block matching); 0 turns it off (default {WIENER_BLOCK})", label="Wiener block", range=(0, 32),
+               unit="px", advanced=True),
         Option("z_context", "int", 2, "3D: planes on each side of a voxel's plane that the network sees (default "
                "2)", label="Z context", range=(0, 8), unit="planes", advanced=True),
     )
@@ -147,9 +143,9 @@ class BlindSpotAllPixels(Method):
     calibration_pixels = NOISE_SAMPLE_PIXELS
 
     def __init__(self, ensemble: int | None = None, trunk: str | None = None, input_noise: float | None = None,
-                 z_context: int | None = None):
+                 wiener_block: int | None = None, z_context: int | None = None):
         super().__init__(**self.settled("bsn", ensemble=ensemble, trunk=trunk, input_noise=input_noise,
-                                        z_context=z_context))
+                                        wiener_block=wiener_block, z_context=z_context))
         self._longest_axis: int | None = None  # of the smallest training image, set by prepare()
         self._ndim: int | None = None  # spatial dimensions of the training images, set by prepare()
 
@@ -284,7 +280,11 @@ class BlindSpotAllPixels(Method):
         return posterior_mean(net, x)
 
     def predict(self, net: nn.Module, x: torch.Tensor, position: tuple = ()) -> torch.Tensor:
-        return dihedral_mean(lambda t: self.posterior_mean(net, t), x, self.params["ensemble"]).to(x.dtype)
+        estimate = dihedral_mean(lambda t: self.posterior_mean(net, t), x, self.params["ensemble"])
+        return wiener_refined(net, x, estimate, self.params["wiener_block"]).to(x.dtype)
+
+    def halo(self, net: nn.Module) -> int:
+        return round_up(net.receptive_radius() + max(self.params["wiener_block"] - 1, 0), self.multiple(net))
 
     def held_out_predictions(self, net: nn.Module, val_patches: tuple | None, device: torch.device,
                              fold_channels: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -331,34 +331,6 @@ class BlindSpotAllPixels(Method):
             self.params["noise_gain"] = [round(g, 6) for g in net.noise_gain.detach().float().cpu().tolist()]
 
 
-def prior_and_noise(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prior mean, prior variance and noise variance of ``net`` (a :class:`~n2x.nets.shifted_bsn.ShiftedBSN`) for
-    the tile ``x`` ``(B, C, ...)`` (float32, normalised units, shaped like ``x`` or broadcastable). A function, not
-    a method, so that the exported package (:mod:`n2x.export.modules`) computes the same."""
-    out = net(x).float()
-    c = x.shape[1]
-    if out.shape[1] != 2 * c:
-        raise N2xError(f"the all-pixel blind-spot network gives {out.shape[1]} channels for {c} input channels; "
-                       f"it must give {2 * c} (a mean and a variance each)")
-    shape = (1, c) + (1,) * (x.ndim - 2)
-    mu, prior_var = out[:, :c] + net.mean_offset.float().reshape(shape), F.softplus(out[:, c:]) + MIN_PRIOR_VAR
-    if not net.training:  # measured after training (zero until then), and not worth its cost in every step
-        mu = mu + offset_curve(out[:, :c], net.offset_knots, net.offset_values)
-        prior_var = prior_var + net.prior_var_offset.float().reshape(shape)
-    # Photon noise grows with the signal, which the prior mean stands for (Laine et al.'s Poisson-Gaussian variant).
-    # A plug-in, without a gradient: through it the likelihood pulls the mean to where the noise is weaker (the
-    # synthetic cells at 20 photons, 300 steps: 22.05 dB with the gradient, 23.15 without, 23.23 with the transform)
-    return mu, prior_var, noise_variance(net, mu.detach())
-
-
-def noise_variance(net: nn.Module, signal: torch.Tensor) -> torch.Tensor:
-    """The noise variance of ``net``'s noise model at ``signal`` ``(B, C, ...)`` (normalised units): one variance
-    per channel, or with photon noise the line ``var0 + gain * signal``, never below its floor."""
-    shape = (1, signal.shape[1]) + (1,) * (signal.ndim - 2)
-    return torch.maximum(net.noise_var.float().reshape(shape) + net.noise_gain.float().reshape(shape) * signal,
-                         net.noise_floor.float().reshape(shape))
-
-
 def measure_mean_offset(net: nn.Module, patches: np.ndarray, device: torch.device, fold_channels: bool) -> None:
     """Set the offset of ``net``'s prior mean (``mean_offset`` and the curve of :mod:`.prior_offset`) from
     ``y - mu`` per channel over ``patches`` ``(N, C, ...)`` (normalised).
@@ -388,13 +360,3 @@ def _as_network_input(patches: np.ndarray, fold_channels: bool) -> torch.Tensor:
     """``patches`` ``(N, C, ...)`` as a float32 tensor, with independent channels folded into N."""
     x = torch.from_numpy(np.ascontiguousarray(patches, np.float32))
     return x.reshape((-1, 1) + tuple(x.shape[2:])) if fold_channels else x
-
-
-def posterior_mean(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(s_p^2 y + s_n^2 mu) / (s_p^2 + s_n^2)`` for the tile ``x`` (float32, normalised units); for an ensemble
-    (:class:`~n2x.nets.ensemble.NetworkEnsemble`) the mean of its members' posterior means."""
-    members = members_of(net)
-    if len(members) > 1:
-        return torch.stack([posterior_mean(m, x) for m in members]).mean(0)
-    mu, prior_var, noise_var = prior_and_noise(net, x)
-    return mu + prior_var / (prior_var + noise_var) * (x.float() - mu)
