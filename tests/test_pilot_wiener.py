@@ -95,3 +95,15 @@ def test_bsn_filters_within_its_tiles_and_can_be_turned_off():
     assert psnr(whole, clean) > psnr(posterior, clean) + 0.1, (psnr(noisy, clean), psnr(posterior, clean))
     assert n2x.train(noisy, "YX", "bsn", steps=1, seed=0, device="cpu", wiener_block=0).method.params[
         "wiener_block"] == 0
+
+
+def test_bsn_leaves_the_filter_out_under_photon_noise_in_its_posterior():
+    """Where the posterior holds photon noise (a variance line in the signal), the filter lost (the dev volume/PG
+    -1.2 dB): the prediction is the posterior itself, with the narrower halo."""
+    noisy, _, _ = noisy_sample("2d", "pg", seed=5)
+    model = n2x.train(noisy[:96, :96], "YX", "bsn", steps=5, seed=0, device="cpu", ensemble=1)
+    assert model.config["method"]["noise_model"] == "photon" and model.config["method"]["wiener_block"] == 8
+    assert model.method.wiener_block_used() == 0
+    with_rule = model.predict(noisy[:96, :96], "YX")
+    model.method.params["wiener_block"] = 0
+    np.testing.assert_array_equal(model.predict(noisy[:96, :96], "YX"), with_rule)

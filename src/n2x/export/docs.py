@@ -71,7 +71,7 @@ def describe_method(model: Any) -> str:
                 f"{p.get('ensemble')} flips/rotations"
                 + (f", and over {count} such networks trained with different seeds" if count > 1 else "")
                 + (f"; then the noisy image is filtered by the Wiener weights of that estimate in every "
-                   f"{p['wiener_block']} x {p['wiener_block']} block (sliding DCT)." if p.get("wiener_block") else "."))
+                   f"{block} x {block} block (sliding DCT)." if (block := model.method.wiener_block_used()) else "."))
     else:
         design = getattr(model.method, "design", "pd")
         if design == "box":

@@ -142,7 +142,7 @@ def build_module(model: Any) -> nn.Module:
         else:
             core = PixelShuffleCore(net, int(p["stride_infer"]))
     elif model.method_name == "bsn":
-        core = PosteriorCore(net, int(method.params["ensemble"]), int(method.params.get("wiener_block", 0)))
+        core = PosteriorCore(net, int(method.params["ensemble"]), method.wiener_block_used())
     else:
         core = net
     norm, ndim = model.normalization, len(model.spatial)

@@ -121,7 +121,8 @@ class BlindSpotAllPixels(Method):
                auto=True, advanced=True),
         Option("wiener_block", "int", WIENER_BLOCK, "denoising: the noisy image filtered again in sliding blocks of "
                "this many pixels by the Wiener weights of the posterior's estimate (BM3D's second step without "
-               f"block matching); 0 turns it off (default {WIENER_BLOCK})", label="Wiener block", range=(0, 32),
+               f"block matching); not under photon noise in the posterior; 0 turns it off (default {WIENER_BLOCK})",
+               label="Wiener block", range=(0, 32),
                unit="px", advanced=True),
         Option("z_context", "int", 2, "3D: planes on each side of a voxel's plane that the network sees (default "
                "2)", label="Z context", range=(0, 8), unit="planes", advanced=True),
@@ -281,10 +282,15 @@ class BlindSpotAllPixels(Method):
 
     def predict(self, net: nn.Module, x: torch.Tensor, position: tuple = ()) -> torch.Tensor:
         estimate = dihedral_mean(lambda t: self.posterior_mean(net, t), x, self.params["ensemble"])
-        return wiener_refined(net, x, estimate, self.params["wiener_block"]).to(x.dtype)
+        return wiener_refined(net, x, estimate, self.wiener_block_used()).to(x.dtype)
+
+    def wiener_block_used(self) -> int:
+        """The Wiener filter's block side, 0 under photon noise in the posterior (``noise_model`` ``"photon"``),
+        where it lost: the dev volume/PG -1.2 dB, moon/PG -0.27, camera/PG -0.02 (docs/methods.md, "Wiener")."""
+        return 0 if self.params.get("noise_model") == "photon" else int(self.params["wiener_block"])
 
     def halo(self, net: nn.Module) -> int:
-        return round_up(net.receptive_radius() + max(self.params["wiener_block"] - 1, 0), self.multiple(net))
+        return round_up(net.receptive_radius() + max(self.wiener_block_used() - 1, 0), self.multiple(net))
 
     def held_out_predictions(self, net: nn.Module, val_patches: tuple | None, device: torch.device,
                              fold_channels: bool) -> tuple[np.ndarray, np.ndarray] | None:
