@@ -70,7 +70,8 @@ def pilot_wiener(noisy: torch.Tensor, pilot: torch.Tensor, noise_var: torch.Tens
         return pilot.float()
     if strip_rows is None:
         var = torch.broadcast_to(noise_var.float(), shape).reshape(flat)
-        num, den = _wiener_sums(noisy.float().reshape(flat), pilot.float().reshape(flat), var, block)
+        num, den = _wiener_sums(noisy.float().reshape(flat), pilot.float().reshape(flat), var,
+                                dct_basis(block, noisy.device))
         return (num / den).reshape(shape)
     if min(shape[-2:]) < block:
         return pilot.float()
@@ -78,21 +79,23 @@ def pilot_wiener(noisy: torch.Tensor, pilot: torch.Tensor, noise_var: torch.Tens
         y, p = noisy.float().reshape(flat), pilot.float().reshape(flat)
         var = torch.broadcast_to(noise_var.float(), shape).reshape(flat)
         num, den = torch.zeros_like(y), torch.zeros_like(y)
+        basis = dct_basis(block, noisy.device)
         last = shape[-2] - block + 1  # the last block's first row, plus one
         planes = max(1, STRIP_BLOCKS // (strip_rows * shape[-1]))
         for first in range(0, y.shape[0], planes):
             for top in range(0, last, strip_rows):
                 at = (slice(first, first + planes), slice(None), slice(top, min(top + strip_rows, last) + block - 1))
-                strip_num, strip_den = _wiener_sums(y[at], p[at], var[at], block)
+                strip_num, strip_den = _wiener_sums(y[at], p[at], var[at], basis)
                 num[at] += strip_num
                 den[at] += strip_den
     return (num / den).reshape(shape)
 
 
-def _wiener_sums(y: torch.Tensor, p: torch.Tensor, var: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _wiener_sums(y: torch.Tensor, p: torch.Tensor, var: torch.Tensor,
+                 basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The blocks' Wiener estimates ``(N, 1, H, W)`` added where they overlap, each weighed by the inverse of its
-    noise, and the sum of those weights: their ratio is the filtered image."""
-    basis = dct_basis(block, y.device)
+    noise, and the sum of those weights: their ratio is the filtered image (``basis``: :func:`dct_basis`)."""
+    block = basis.shape[0]
     block_var = F.avg_pool2d(var, block, stride=1).clamp_min(1e-12)
     coeff_p = block_dct(p, basis)
     weight = coeff_p.square() / (coeff_p.square() + block_var)
