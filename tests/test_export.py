@@ -248,3 +248,29 @@ def test_two_channels(cells2d, channels, tmp_path):
         y = ts(torch.from_numpy(noisy[None])).numpy()[0]
     h = model.halo
     assert np.abs(y - n2x.denoise(model, noisy))[:, h:-h, h:-h].max() < 1e-5 * np.abs(noisy).max()
+
+
+def test_3d_bsn_package_with_its_cube_filter(tmp_path):
+    """A volume model: the Wiener filter in cubes is inside both weights (2D convolutions only: ONNX Runtime refused
+    the 3D ones the exporter wrote), and they compute what n2x does."""
+    from n2x.api import noisy_sample
+
+    noisy = noisy_sample("3d", "gaussian", seed=1)[0][:, :64, :64].astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = n2x.train(noisy, "ZYX", "bsn", steps=2, batch_size=2, patch_size=32, seed=0, device="cpu",
+                          network={"features": 8})
+        path = n2x.export_bioimageio(model, tmp_path / "bsn3d", test_image=noisy, test_axes="ZYX",
+                                     authors="A. Tester")
+    assert model.method.wiener_block_used(3) == 8
+    ref = n2x.denoise(model, noisy)
+    with zipfile.ZipFile(path) as z:
+        assert "weights.onnx" in z.namelist() and "every 4 x 8 x 8 block" in z.read("README.md").decode()
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(z.read("weights.onnx"), providers=["CPUExecutionProvider"])
+        ts = torch.jit.load(io.BytesIO(z.read("weights_torchscript.pt")))
+    with torch.no_grad():
+        yt = ts(torch.from_numpy(noisy[None, None].copy())).numpy()[0, 0]
+    yo = session.run(None, {"input": noisy[None, None].copy()})[0][0, 0]
+    assert np.abs(yt - ref).max() < 1e-5 and np.abs(yo - yt).max() < 1e-4

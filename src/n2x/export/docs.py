@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..methods.pilot_wiener import block_sizes
 from ..nets.ensemble import member_config
 
 #: licence of an exported package unless the caller gives another (an SPDX identifier)
@@ -71,7 +72,9 @@ def describe_method(model: Any) -> str:
                 f"{p.get('ensemble')} flips/rotations"
                 + (f", and over {count} such networks trained with different seeds" if count > 1 else "")
                 + (f"; then the noisy image is filtered by the Wiener weights of that estimate in every "
-                   f"{block} x {block} block (sliding DCT)." if (block := model.method.wiener_block_used()) else "."))
+                   f"{' x '.join(map(str, block_sizes((1 << 20,) * len(model.spatial), block, len(model.spatial))))} "
+                   "block (sliding DCT)."
+                   if (block := model.method.wiener_block_used(len(model.spatial))) else "."))
     else:
         design = getattr(model.method, "design", "pd")
         if design == "box":

@@ -142,7 +142,7 @@ def build_module(model: Any) -> nn.Module:
         else:
             core = PixelShuffleCore(net, int(p["stride_infer"]))
     elif model.method_name == "bsn":
-        core = PosteriorCore(net, int(method.params["ensemble"]), method.wiener_block_used())
+        core = PosteriorCore(net, int(method.params["ensemble"]), method.wiener_block_used(len(model.spatial)))
     else:
         core = net
     norm, ndim = model.normalization, len(model.spatial)

@@ -16,9 +16,10 @@ puts back through a Gaussian posterior:
 - the prediction is the posterior mean ``(s_p^2 y + s_n^2 mu) / (s_p^2 + s_n^2)``: the noisy pixel counts where
   the surroundings cannot tell its value (edges, texture), not where they can (flat regions). One global weight
   (AP-BSN's box filter with a 1 x 1 box) cannot serve both;
-- then the noisy image is filtered by the Wiener weights of that estimate in sliding 8 x 8 DCT blocks
-  (:mod:`.pilot_wiener`, BM3D's second step without block matching): the prior mean's errors are shared by
-  neighbours, which the posterior, pixel by pixel, cannot see (:mod:`.posterior` holds these functions).
+- then the noisy image is filtered by the Wiener weights of that estimate in sliding 8 x 8 DCT blocks, or
+  4 x 8 x 8 (ZYX) cubes in 3D (:mod:`.pilot_wiener`, BM3D's second step without block matching): the prior
+  mean's errors are shared by neighbours, which the posterior, pixel by pixel, cannot see (:mod:`.posterior` holds
+  these functions).
 
 Values are in normalised units. With Poisson-Gaussian noise (``noise_model`` ``"photon"``, set where ``vst="auto"``
 finds it) the noise variance is a line in the signal, for which the prior mean stands (Laine et al.'s
@@ -119,11 +120,10 @@ class BlindSpotAllPixels(Method):
                f"regulariser against memorising a small image; default auto: {INPUT_NOISE_SMALL} on a 2D image "
                f"under {3 * PATCH_2D} px without photon noise, else 0 (off)", label="Input noise", range=(0.0, 4.0),
                auto=True, advanced=True),
-        Option("wiener_block", "int", WIENER_BLOCK, "denoising: the noisy image filtered again in sliding blocks of "
-               "this many pixels by the Wiener weights of the posterior's estimate (BM3D's second step without "
-               f"block matching); not under photon noise in the posterior; 0 turns it off (default {WIENER_BLOCK})",
-               label="Wiener block", range=(0, 32),
-               unit="px", advanced=True),
+        Option("wiener_block", "int", WIENER_BLOCK, "denoising: the noisy image filtered again in sliding blocks "
+               "(cubes in 3D) of this many pixels by the Wiener weights of the posterior's estimate (BM3D's second "
+               "step without block matching); not in 2D under photon noise in the posterior; 0 turns it off "
+               f"(default {WIENER_BLOCK})", label="Wiener block", range=(0, 32), unit="px", advanced=True),
         Option("z_context", "int", 2, "3D: planes on each side of a voxel's plane that the network sees (default "
                "2)", label="Z context", range=(0, 8), unit="planes", advanced=True),
     )
@@ -282,15 +282,19 @@ class BlindSpotAllPixels(Method):
 
     def predict(self, net: nn.Module, x: torch.Tensor, position: tuple = ()) -> torch.Tensor:
         estimate = dihedral_mean(lambda t: self.posterior_mean(net, t), x, self.params["ensemble"])
-        return wiener_refined(net, x, estimate, self.wiener_block_used()).to(x.dtype)
+        return wiener_refined(net, x, estimate, self.wiener_block_used(x.ndim - 2)).to(x.dtype)
 
-    def wiener_block_used(self) -> int:
-        """The Wiener filter's block side, 0 under photon noise in the posterior (``noise_model`` ``"photon"``),
-        where it lost: the dev volume/PG -1.2 dB, moon/PG -0.27, camera/PG -0.02 (docs/methods.md, "Wiener")."""
-        return 0 if self.params.get("noise_model") == "photon" else int(self.params["wiener_block"])
+    def wiener_block_used(self, ndim: int) -> int:
+        """The Wiener filter's block side for ``ndim`` spatial dimensions (2: squares, 3: cubes): 0 in 2D under
+        photon noise in the posterior (``noise_model`` ``"photon"``), where it lost on moon/PG (-0.27 dB) and
+        camera/PG (-0.02); cubes gained on both volumes under photon noise (docs/methods.md, "Wiener")."""
+        if ndim == 2 and self.params.get("noise_model") == "photon":
+            return 0
+        return int(self.params["wiener_block"])
 
     def halo(self, net: nn.Module) -> int:
-        return round_up(net.receptive_radius() + max(self.wiener_block_used() - 1, 0), self.multiple(net))
+        block = self.wiener_block_used(members_of(net)[0].ndim)
+        return round_up(net.receptive_radius() + max(block - 1, 0), self.multiple(net))
 
     def held_out_predictions(self, net: nn.Module, val_patches: tuple | None, device: torch.device,
                              fold_channels: bool) -> tuple[np.ndarray, np.ndarray] | None:

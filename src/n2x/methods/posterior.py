@@ -41,11 +41,13 @@ def prior_and_noise(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
 def wiener_refined(net: nn.Module, x: torch.Tensor, estimate: torch.Tensor, block: int,
                    strip_rows: int | None = STRIP_ROWS) -> torch.Tensor:
     """The tile ``x`` filtered by the Wiener weights of ``estimate`` in ``block``-wide blocks (:mod:`.pilot_wiener`)
-    with ``net``'s noise variance at the estimate (normalised units); ``estimate`` itself where ``block`` is 0. A
-    function, not a method, so that the exported package computes the same."""
+    with ``net``'s noise variance at the estimate (normalised units): squares in each plane of a 2D tile, cubes in a
+    3D one; ``estimate`` itself where ``block`` is 0. A function, not a method, so that the exported package
+    computes the same."""
     if not block:
         return estimate
-    return pilot_wiener(x, estimate, noise_variance(members_of(net)[0], estimate), block, strip_rows)
+    return pilot_wiener(x, estimate, noise_variance(members_of(net)[0], estimate), block, strip_rows,
+                        dims=min(x.ndim - 2, 3))
 
 
 def noise_variance(net: nn.Module, signal: torch.Tensor) -> torch.Tensor:
